@@ -1,0 +1,1 @@
+"""Tracker integrations (installed as ``lossprobe.integrations``): mlflow, wandb."""

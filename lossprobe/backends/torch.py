@@ -1,0 +1,504 @@
+"""PyTorch backend: module hooks, optimizer step hooks, on-device reductions.
+
+What runs per training step (all on the tensors' device, no host read):
+
+* root forward pre-hook: opens the step, ``x.sum()`` of the input (a non-finite sum
+  flags NaN/Inf inputs);
+* root forward hook: ``|logits|.amax()``;
+* a global module forward hook catches ``nn.Module`` losses (``nn.CrossEntropyLoss()``
+  and friends): the loss and its targets, with no extra line in the user's loop;
+  losses computed under ``no_grad()``/``eval()`` are validation losses;
+* optimizer pre-step hook: ``torch._foreach_norm`` over all gradients -> one stacked
+  tensor; the step boundary (a pending ``TrainingHealthError`` is raised here).
+
+Every ``activation_every`` steps it also measures activation statistics (ReLU dead
+share, sigmoid/tanh saturation, scale), logit saturation, input/target statistics and
+update/weight ratios (weights snapshotted before ``optimizer.step()``).
+
+Every ``flush_every`` steps all pending device values are concatenated and copied to
+the host in one transfer (``n_host_reads`` counts them), then decoded into StepRecords.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+import torch.optim.optimizer as _optim_mod
+
+from ..record import Layout, StepRecord
+
+_ACTIVATION_KINDS: list[tuple[type, str]] = [
+    (nn.ReLU, "relu"), (nn.ReLU6, "relu"), (nn.Sigmoid, "sigmoid"), (nn.Tanh, "tanh"),
+    (nn.Softmax, "softmax"), (nn.modules.batchnorm._BatchNorm, "batchnorm"),
+]
+_LOSS_KINDS: list[tuple[type, str]] = [
+    (nn.CrossEntropyLoss, "cross_entropy"), (nn.NLLLoss, "nll"), (nn.BCEWithLogitsLoss, "bce_logits"),
+    (nn.BCELoss, "bce"), (nn.MSELoss, "mse"), (nn.L1Loss, "mse"), (nn.SmoothL1Loss, "mse"), (nn.HuberLoss, "mse"),
+]
+_ATTACHED: "weakref.WeakKeyDictionary[nn.Module, Any]" = weakref.WeakKeyDictionary()
+
+
+def _kind_of(module: nn.Module, table) -> str | None:
+    for cls, kind in table:
+        if isinstance(module, cls):
+            return kind
+    return None
+
+
+def _first_tensor(obj: Any) -> torch.Tensor | None:
+    """The tensor a model's output (or input) most likely means: tensors as-is; dicts by
+    'logits'/'output' keys, else the first floating tensor value; tuples/lists: first tensor."""
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, dict) or hasattr(obj, "keys"):
+        for key in ("logits", "output", "out", "y_pred"):
+            try:
+                v = obj[key]
+            except Exception:
+                continue
+            if isinstance(v, torch.Tensor):
+                return v
+        obj = list(obj.values()) if hasattr(obj, "values") else []
+    if isinstance(obj, (list, tuple)):
+        for v in obj:
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+    return None
+
+
+class _Step:
+    """One step's statistics while they still live on the device."""
+
+    __slots__ = ("step", "sampled", "losses", "grad_norms", "grad_idx", "missing", "x_sum", "x_stats",
+                 "out_max", "out_stats", "t_stats", "batch", "acts", "upd", "pnorm", "lr", "bn_eval",
+                 "forwards", "auto_loss")
+
+    def __init__(self, step: int, sampled: bool):
+        self.step, self.sampled = step, sampled
+        self.losses: list[Any] = []
+        self.grad_norms = None
+        self.grad_idx: list[int] = []
+        self.missing: np.ndarray | None = None
+        self.x_sum = self.x_stats = self.out_max = self.out_stats = self.t_stats = None
+        self.batch = math.nan
+        self.acts: dict[int, torch.Tensor] = {}
+        self.upd = self.pnorm = None
+        self.lr: Any = math.nan
+        self.bn_eval = math.nan
+        self.forwards = 0
+        self.auto_loss = False
+
+
+class TorchBackend:
+    framework = "torch"
+
+    def __init__(self, model: nn.Module, optimizer=None, config=None):
+        if model in _ATTACHED:
+            raise RuntimeError(
+                "lossprobe.attach: this model already has a probe attached; call probe.detach() "
+                "on the first one (or use it as a context manager) before attaching again.")
+        inner = getattr(model, "module", None)  # DataParallel / DDP wrappers
+        self.model = model
+        self.net = inner if isinstance(inner, nn.Module) else model
+        self.cfg = config
+        self.optimizer = None
+        named = [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in named]
+        self._param_ids = {id(p): i for i, p in enumerate(self.params)}
+        self.weight_idx = [i for i, p in enumerate(self.params) if p.ndim >= 2]
+        acts = [(n, m, _kind_of(m, _ACTIVATION_KINDS)) for n, m in self.net.named_modules()]
+        acts = [(n or "root", m, k) for n, m, k in acts if k]
+        self._act_modules = [m for _, m, _ in acts]
+        self._bn_modules = [m for _, m, k in acts if k == "batchnorm"]
+        self.layout = Layout(
+            framework="torch", params=[n for n, _ in named], param_sizes=[p.numel() for p in self.params],
+            activations=[n for n, _, _ in acts], kinds=[k for _, _, k in acts],
+            is_weight=[p.ndim >= 2 for p in self.params])
+        self.probe = None
+        self._handles: list[Any] = []
+        self._step = 0
+        self._cur: _Step | None = None
+        self._pending: list[_Step] = []
+        self._val_pending: list[tuple[int, Any]] = []
+        self._val_sum: Any = None
+        self._val_n = 0
+        self._before: list[torch.Tensor] | None = None
+        self._last_loss: Any = None
+        self._disabled: set[str] = set()
+        self.n_host_reads = 0
+        self._act_out: dict[int, int] = {}  # id(output tensor) -> activation index (this forward)
+        if optimizer is not None:
+            self._bind_optimizer(optimizer)
+
+    # -- lifecycle ----------------------------------------------------------
+    def start(self, probe) -> None:
+        self.probe = probe
+        _ATTACHED[self.model] = probe
+        h = self._handles
+        h.append(self.model.register_forward_pre_hook(self._root_pre, with_kwargs=True))
+        h.append(self.model.register_forward_hook(self._root_post))
+        for j, m in enumerate(self._act_modules):
+            h.append(m.register_forward_hook(self._make_act_hook(j)))
+        h.append(nn.modules.module.register_module_forward_hook(self._any_forward))
+        if self.optimizer is None:
+            # no optimizer given: find it at its first step (any optimizer holding our parameters)
+            h.append(_optim_mod.register_optimizer_step_pre_hook(self._global_opt_pre))
+            h.append(_optim_mod.register_optimizer_step_post_hook(self._global_opt_post))
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        _ATTACHED.pop(self.model, None)
+
+    def _bind_optimizer(self, opt) -> None:
+        self.optimizer = opt
+        ids = {id(p) for g in opt.param_groups for p in g["params"]}
+        self.layout.in_optimizer = [id(p) in ids for p in self.params]
+        self._handles.append(opt.register_step_pre_hook(lambda o, a, k: self._opt_pre()))
+        self._handles.append(opt.register_step_post_hook(lambda o, a, k: self._opt_post()))
+
+    # -- guarded hook bodies ----------------------------------------------------
+    def _safe(self, part: str, fn, *args):
+        if part in self._disabled:
+            return None
+        try:
+            return fn(*args)
+        except Exception as exc:
+            from ..probe import TrainingHealthError
+            if isinstance(exc, TrainingHealthError):
+                raise
+            self._disabled.add(part)
+            if self.probe is not None:
+                self.probe._warn_once(f"torch:{part}", f"{part} capture failed ({type(exc).__name__}: {exc}); "
+                                      f"switched off, training continues")
+            return None
+
+    def _training(self) -> bool:
+        return torch.is_grad_enabled() and self.model.training
+
+    def _current(self) -> _Step:
+        if self._cur is None:
+            if len(self._pending) >= self.cfg.flush_every:
+                self.flush()
+            self._cur = _Step(self._step, self._step % self.cfg.activation_every == 0)
+        return self._cur
+
+    # root forward: opens a step; inputs
+    def _root_pre(self, module, args, kwargs):
+        if not self._training():
+            return None
+        if self.optimizer is None and self._cur is not None and self._cur.forwards > 0 and self._cur.grad_norms is None:
+            # forward-boundary mode (no optimizer seen yet): a new training forward ends the step
+            self._safe("gradients", self._read_grads, self._cur)
+            self._close_step()
+        if self._val_n:
+            self._emit_val()
+        cur = self._current()
+        cur.forwards += 1
+        if cur.forwards == 1 and self.cfg.capture_inputs:
+            self._safe("inputs", self._input_stats, cur, args, kwargs)
+        if cur.sampled and self._bn_modules:
+            cur.bn_eval = float(sum(1 for m in self._bn_modules if not m.training))
+        self._act_out.clear()
+        return None
+
+    def _root_post(self, module, args, output):
+        if not self._training() or self._cur is None or not self.cfg.capture_outputs:
+            return None
+        self._safe("outputs", self._output_stats, self._cur, output)
+        return None
+
+    def _make_act_hook(self, j: int):
+        def hook(module, args, output):
+            cur = self._cur
+            if cur is None or not cur.sampled or not self._training() or j in cur.acts:
+                return None
+            self._safe("activations", self._act_stats, cur, j, output)
+            return None
+        return hook
+
+    def _any_forward(self, module, args, output):
+        if isinstance(module, nn.modules.loss._Loss):
+            self._safe("loss", self._capture_loss, module, args, output)
+        return None
+
+    def _global_opt_pre(self, opt, args, kwargs):
+        if self.optimizer is None and any(id(p) in self._param_ids for g in opt.param_groups for p in g["params"]):
+            self._bind_optimizer(opt)  # its own hooks fire from the next step; do this one here
+            self._opt_pre()
+            self._bound_now = True
+        return None
+
+    def _global_opt_post(self, opt, args, kwargs):
+        if opt is self.optimizer and getattr(self, "_bound_now", False):
+            self._bound_now = False
+            self._opt_post()
+        return None
+
+    def _opt_pre(self) -> None:
+        if self.probe is not None:
+            self.probe._boundary()  # raises TrainingHealthError when on_critical="raise"
+        cur = self._current()
+        self._safe("gradients", self._read_grads, cur)
+        lr = self.optimizer.param_groups[0].get("lr", math.nan) if self.optimizer else math.nan
+        cur.lr = lr.detach() if isinstance(lr, torch.Tensor) else float(lr)
+        if cur.sampled:
+            self._safe("updates", self._snapshot, cur)
+
+    def _opt_post(self) -> None:
+        cur = self._cur
+        if cur is None:
+            return
+        if cur.sampled and self._before is not None:
+            self._safe("updates", self._update_ratios, cur)
+        self._close_step()
+
+    def _close_step(self) -> None:
+        cur, self._cur = self._cur, None
+        if cur is not None:
+            self._pending.append(cur)
+            self._step += 1
+
+    # -- on-device reductions -----------------------------------------------------
+    def _read_grads(self, cur: _Step) -> None:
+        grads, idx, missing = [], [], np.zeros(len(self.params), bool)
+        for i, p in enumerate(self.params):
+            g = p.grad
+            if g is None:
+                missing[i] = True
+            else:
+                grads.append(g.detach())
+                idx.append(i)
+        cur.missing, cur.grad_idx = missing, idx
+        if grads:
+            cur.grad_norms = torch.stack(torch._foreach_norm(grads)).float()
+
+    def _snapshot(self, cur: _Step) -> None:
+        ws = [self.params[i].detach() for i in self.weight_idx] or [p.detach() for p in self.params]
+        self._before = [w.clone() for w in ws]
+        cur.pnorm = torch.stack(torch._foreach_norm([p.detach() for p in self.params])).float()
+
+    def _update_ratios(self, cur: _Step) -> None:
+        idx = self.weight_idx or list(range(len(self.params)))
+        now = [self.params[i].detach() for i in idx]
+        diffs = torch._foreach_sub(now, self._before)
+        dn = torch.stack(torch._foreach_norm(diffs)).float()
+        wn = cur.pnorm[idx].clamp_min(1e-30)
+        cur.upd = dn / wn
+        self._before = None
+
+    def _input_stats(self, cur: _Step, args, kwargs) -> None:
+        x = _first_tensor(list(args) + list(kwargs.values()))
+        if x is None or not x.is_floating_point() or x.numel() == 0:
+            return
+        x = x.detach()
+        cur.x_sum = x.sum().float()
+        if cur.sampled:
+            xf = x.float()
+            cur.x_stats = torch.stack([xf.abs().amax(), xf.mean(), xf.std() if xf.numel() > 1 else xf.sum() * 0])
+
+    def _output_stats(self, cur: _Step, output) -> None:
+        out = _first_tensor(output)
+        if out is None:
+            if "outputs-shape" not in self._disabled:
+                self._disabled.add("outputs-shape")
+                if self.probe is not None:
+                    self.probe._warn_once("torch:outputs", f"model output of type {type(output).__name__} holds "
+                                          "no tensor; output statistics are off for this run")
+            return
+        if out.numel() == 0 or not out.is_floating_point():
+            return
+        if self.layout.n_classes == 0 and out.ndim >= 2 and out.shape[-1] >= 2:
+            self.layout.n_classes = int(out.shape[-1])
+        j = self._act_out.get(id(out))
+        if j is not None and self.layout.kinds[j] in ("sigmoid", "tanh", "softmax"):
+            self.layout.kinds[j] = "output"  # a bounded output layer saturating is the prediction, not a fault
+        o = out.detach()
+        cur.out_max = o.abs().amax().float()
+        if cur.sampled:
+            of = o.float()
+            if of.ndim >= 2 and of.shape[-1] >= 2:
+                o2 = of.reshape(-1, of.shape[-1])
+                p = torch.softmax(o2, -1)
+                sat = (p.amax(-1) >= 1.0).float().mean()
+                prob = ((o2.amin(-1) >= 0) & (o2.amax(-1) <= 1) & ((o2.sum(-1) - 1).abs() < 1e-3)).float().mean()
+            else:
+                sat = prob = torch.full((), math.nan, device=o.device)
+            std = of.std() if of.numel() > 1 else of.sum() * 0
+            cur.out_stats = torch.stack([std, sat, prob, (~torch.isfinite(of)).sum().float()])
+
+    def _act_stats(self, cur: _Step, j: int, output) -> None:
+        y = _first_tensor(output)
+        if y is None or not y.is_floating_point() or y.numel() == 0:
+            return
+        self._act_out[id(y)] = j
+        y = y.detach().float()
+        kind = self.layout.kinds[j]
+        nan = torch.full((), math.nan, device=y.device)
+        dead = sat = nan
+        if kind == "relu" and y.ndim >= 2:
+            z = y.transpose(0, 1).reshape(y.shape[1], -1) if y.ndim == 4 else y.reshape(-1, y.shape[-1]).T
+            dead = (z.amax(1) <= 0).float().mean()
+        elif kind == "sigmoid":
+            sat = ((y < 1e-3) | (y > 1 - 1e-3)).float().mean()
+        elif kind == "tanh":
+            sat = (y.abs() > 1 - 1e-3).float().mean()
+        scale = y.std() if y.numel() > 1 else nan
+        cur.acts[j] = torch.stack([dead, sat, scale])
+
+    def _capture_loss(self, module, args, output) -> None:
+        if not isinstance(output, torch.Tensor) or output.numel() != 1:
+            return
+        loss = output.detach().reshape(())
+        if not self._training():
+            # validation: accumulate on device, emitted at the next training step
+            self._val_sum = loss.float() if self._val_sum is None else self._val_sum + loss.float()
+            self._val_n += 1
+            return
+        cur = self._current()
+        kind = _kind_of(module, _LOSS_KINDS)
+        if kind and not self.layout.loss_kind:
+            self.layout.loss_kind = kind
+        cur.losses.append(loss)
+        cur.auto_loss = True
+        self._last_loss = output
+        if cur.sampled and len(args) >= 2 and isinstance(args[1], torch.Tensor):
+            self._target_stats(cur, args[1])
+
+    def _target_stats(self, cur: _Step, y: torch.Tensor) -> None:
+        y = y.detach()
+        if y.numel() == 0:
+            return
+        cur.batch = float(y.shape[0]) if y.ndim else 1.0
+        c = int(self.layout.n_classes or 0)
+        yf = y.float()
+        if not y.is_floating_point() and c >= 2:
+            flat = y.reshape(-1).clamp(0, c - 1)
+            counts = torch.zeros(c, device=y.device).scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.float))
+            distinct, is_index = (counts > 0).sum().float(), torch.ones((), device=y.device)
+        else:
+            distinct = torch.full((), math.nan, device=y.device)
+            is_index = torch.zeros((), device=y.device) if y.is_floating_point() else torch.ones((), device=y.device)
+        cur.t_stats = torch.stack([yf.amin(), yf.amax(), distinct, is_index])
+
+    # -- observe() -------------------------------------------------------------------
+    def observe(self, loss, targets, val_loss, gradients, step) -> None:
+        if val_loss is not None:
+            v = val_loss.detach().float().reshape(()) if isinstance(val_loss, torch.Tensor) else float(val_loss)
+            self._val_pending.append((self._last_step(), v))
+        if loss is None and targets is None:
+            return
+        if loss is not None and not self._training() and not (isinstance(loss, torch.Tensor) and loss.requires_grad):
+            # a loss computed in eval()/no_grad() is validation, never training loss
+            if val_loss is None:
+                v = loss.detach().float().reshape(()) if isinstance(loss, torch.Tensor) else float(loss)
+                self._val_sum = v if self._val_sum is None else self._val_sum + v
+                self._val_n += 1
+            return
+        # after optimizer.step() the step is closed: the loss belongs to the step just finished
+        target = self._cur
+        if target is None or target.forwards == 0 and target.grad_norms is None:
+            target = self._pending[-1] if self._pending else self._current()
+        if loss is not None and not target.auto_loss and loss is not self._last_loss:
+            target.losses.append(loss.detach().reshape(()) if isinstance(loss, torch.Tensor) else float(loss))
+        if targets is not None and isinstance(targets, torch.Tensor) and target.t_stats is None and target.sampled:
+            self._target_stats(target, targets)
+
+    def _last_step(self) -> int:
+        return max(0, self._step - 1)
+
+    def _emit_val(self) -> None:
+        self._val_pending.append((self._last_step(), self._val_sum / self._val_n))
+        self._val_sum, self._val_n = None, 0
+
+    # -- flush: the one host read -------------------------------------------------------
+    def flush(self) -> None:
+        if self._val_n:
+            self._emit_val()
+        steps, self._pending = self._pending, []
+        vals, self._val_pending = self._val_pending, []
+        if not steps and not vals:
+            return
+        tensors: list[torch.Tensor] = []
+        slots: list[tuple[int, str, int, int]] = []  # (step index, field, start, length)
+
+        def put(i: int, name: str, t) -> None:
+            if isinstance(t, torch.Tensor):
+                t = t.reshape(-1).float()
+                start = sum(x.numel() for x in tensors)
+                tensors.append(t)
+                slots.append((i, name, start, t.numel()))
+
+        for i, s in enumerate(steps):
+            if s.losses:
+                put(i, "loss", torch.stack([l if isinstance(l, torch.Tensor) else torch.tensor(l) for l in s.losses]).float().mean()
+                    if all(isinstance(l, torch.Tensor) for l in s.losses) else None)
+            put(i, "grad_norms", s.grad_norms)
+            put(i, "x_sum", s.x_sum)
+            put(i, "x_stats", s.x_stats)
+            put(i, "out_max", s.out_max)
+            put(i, "out_stats", s.out_stats)
+            put(i, "t_stats", s.t_stats)
+            put(i, "upd", s.upd)
+            put(i, "pnorm", s.pnorm)
+            put(i, "lr", s.lr)
+            for j, t in s.acts.items():
+                put(i, f"act{j}", t)
+        for k, (_, v) in enumerate(vals):
+            put(-1 - k, "val", v)
+        host = np.zeros(0)
+        if tensors:
+            dev = tensors[0].device
+            flat = torch.cat([t.to(dev, non_blocking=True) for t in tensors])
+            host = flat.cpu().numpy()  # the single device->host copy of this flush
+            self.n_host_reads += 1
+        got: dict[tuple[int, str], np.ndarray] = {(i, n): host[a:a + l] for i, n, a, l in slots}
+        records = [self._decode(i, s, got) for i, s in enumerate(steps)]
+        val_points = []
+        for k, (st, v) in enumerate(vals):
+            val_points.append((st, float(got[(-1 - k, "val")][0]) if (-1 - k, "val") in got else float(v)))
+        if self.probe is not None:
+            self.probe._ingest(records, val_points)
+
+    def _decode(self, i: int, s: _Step, got) -> StepRecord:
+        rec = StepRecord.empty(s.step, self.layout)
+        n_p = len(self.params)
+        if (i, "loss") in got:
+            rec.loss, rec.loss_seen = float(got[(i, "loss")][0]), 1.0
+        elif s.losses:  # python floats from observe()
+            rec.loss, rec.loss_seen = float(np.mean([float(l) for l in s.losses])), 1.0
+        if (i, "grad_norms") in got:
+            g = got[(i, "grad_norms")]
+            rec.param_grad_norms = np.full(n_p, np.nan)
+            rec.param_grad_norms[s.grad_idx] = g
+            rec.grad_norm = float(np.sqrt(np.sum(g.astype(np.float64) ** 2)))
+        if s.missing is not None:
+            rec.param_grad_missing = s.missing
+        if (i, "x_sum") in got:
+            rec.input_nonfinite = 0.0 if np.isfinite(got[(i, "x_sum")][0]) else 1.0
+        if (i, "x_stats") in got:
+            rec.input_abs_max, rec.input_mean, rec.input_std = map(float, got[(i, "x_stats")])
+        if (i, "out_max") in got:
+            rec.logit_abs_max = float(got[(i, "out_max")][0])
+        if (i, "out_stats") in got:
+            rec.logit_std, rec.softmax_saturation, rec.prob_rows, rec.output_nonfinite = map(float, got[(i, "out_stats")])
+        if (i, "t_stats") in got:
+            rec.target_min, rec.target_max, rec.target_distinct, rec.target_is_index = map(float, got[(i, "t_stats")])
+            rec.batch_size = s.batch
+        if (i, "upd") in got:
+            rec.update_ratios = np.full(n_p, np.nan)
+            rec.update_ratios[self.weight_idx or list(range(n_p))] = got[(i, "upd")]
+        if (i, "pnorm") in got:
+            rec.param_norms = got[(i, "pnorm")].astype(float)
+        rec.lr = float(got[(i, "lr")][0]) if (i, "lr") in got else float(s.lr)
+        for j in s.acts:
+            if (i, f"act{j}") in got:
+                rec.act_dead[j], rec.act_sat[j], rec.act_scale[j] = got[(i, f"act{j}")]
+        rec.bn_eval_in_train = s.bn_eval
+        return rec

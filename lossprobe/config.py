@@ -1,0 +1,101 @@
+"""Config: every knob and threshold lossprobe uses, with the reasoning for each default.
+
+Example::
+
+    cfg = lossprobe.Config(flush_every=50, on_critical="raise")
+    probe = lossprobe.attach(model, config=cfg)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Config:
+    # -- capture ----------------------------------------------------------
+    flush_every: int = 20
+    """Steps between host reads of the on-device statistics (the only sync point)."""
+    activation_every: int = 10
+    """Activation statistics and update/weight ratios are measured every N steps."""
+    window: int = 1024
+    """Steps of full detail the history keeps (memory is bounded by this)."""
+    max_layer_metrics: int = 16
+    """Per-layer series published to trackers: at most this many layers (first, last, evenly between)."""
+    on_critical: str = "warn"
+    """"warn" (default) logs; "raise" raises TrainingHealthError at the next step boundary."""
+    capture_outputs: bool = True
+    capture_inputs: bool = True
+
+    # -- warm-up ------------------------------------------------------------
+    warmup_steps: int = 20
+    """No curve verdict before this many steps: early loss is noisy and always moving."""
+
+    # -- gradients ------------------------------------------------------------
+    explode_factor: float = 1e3
+    """exploding_gradients: recent gradient norm >= this times the early median (three orders of magnitude)."""
+    explode_abs: float = 1e4
+    """... or an absolute global grad norm above this once the loss is not falling."""
+    vanish_ratio: float = 1e-3
+    """vanishing_gradients: first-layer / last-layer gradient norm below this (AUTOTRAINER's 1e-3)."""
+    # -- activations ----------------------------------------------------------
+    dead_fraction: float = 0.5
+    """dead_relu: at least this share of a ReLU layer's units are zero for every sample..."""
+    dead_persist: float = 0.8
+    """...on at least this share of the sampled steps in the recent window."""
+    saturation_fraction: float = 0.5
+    """saturated_activations: share of sigmoid/tanh outputs within 1e-3 of a bound."""
+    # -- loss values -----------------------------------------------------------
+    overflow_loss: float = -math.log(1.17549435e-38)
+    """87.3365: -ln(FLT_MIN), where fp32 cross-entropy pins when softmax underflows to 0."""
+    overflow_tolerance: float = 0.05
+    chance_tolerance: float = 0.03
+    """chance_level_loss: |median loss - ln(C)| / ln(C) below this, over the recent window."""
+    # -- curves ------------------------------------------------------------------
+    curve_window: int = 60
+    """Steps of recent loss the trend rules look at."""
+    trend_z: float = 3.0
+    """A trend counts when the robust slope over the window exceeds this many standard errors."""
+    plateau_rel_drop: float = 0.01
+    """loss_plateau: the loss fell less than 1% of its level over the window..."""
+    plateau_high: float = 0.3
+    """...and is still above this share of the initial loss (a run at 1% of its start has converged)."""
+    divergence_rise: float = 0.25
+    """loss_divergence: the window's loss rose by at least 25% of its level with a significant slope."""
+    spike_mad: float = 8.0
+    """loss_spike: one step above median + this many MADs (and 2x the median) of the preceding window."""
+    oscillation_rel: float = 0.5
+    """loss_oscillation: step-to-step swings larger than 50% of the level, alternating in sign."""
+    converged_rel: float = 0.1
+    """converged: loss at or below this share of the initial loss and flat."""
+    # -- learning rate -------------------------------------------------------------
+    update_ratio_high: float = 1e-1
+    """learning_rate_too_high: median update/weight ratio above this (DeepDiagnosis' bound; the healthy norm is ~1e-3)."""
+    update_ratio_low: float = 1e-5
+    """learning_rate_too_low: median update/weight ratio below this while the loss is not falling."""
+    # -- validation -----------------------------------------------------------------
+    val_min_points: int = 4
+    """Validation rules need at least this many validation measurements."""
+    # -- data ------------------------------------------------------------------------
+    unnormalized_abs: float = 20.0
+    """unnormalized_inputs: inputs whose typical magnitude (|mean| + std) exceeds this."""
+    unshuffled_ratio: float = 0.3
+    """unshuffled_data: distinct labels per batch below this share of what random batches would show."""
+    # -- regularisation --------------------------------------------------------------
+    shrink_fraction: float = 0.3
+    """over_regularization: weights shrank by at least 30% from their start while the loss stayed high."""
+    # -- initialisation ---------------------------------------------------------------
+    init_scale_ratio: float = 1e2
+    """bad_initialization: activation scale changes by this factor from first to last watched layer."""
+
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.on_critical not in ("warn", "raise"):
+            raise ValueError(f"on_critical must be 'warn' or 'raise', got {self.on_critical!r}")
+        if self.flush_every < 1 or self.activation_every < 1:
+            raise ValueError("flush_every and activation_every must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,82 @@
+"""Finding: one diagnosis raised on a run, with its evidence, causes and fixes.
+
+A rule returns a :class:`Detection` (code, step, evidence); the probe turns the
+first detection of a code into a :class:`Finding` and updates ``last_step`` and
+``count`` each time the rule fires again. Findings are never removed: a run that
+recovers keeps the record of what happened (``active`` says whether it still fires).
+
+Example::
+
+    for f in probe.findings:
+        print(f.code, f.severity, f.step, f.evidence)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .catalog import CATALOG
+
+
+@dataclass
+class Detection:
+    code: str
+    step: int
+    evidence: dict[str, Any]
+    message: str = ""
+
+
+@dataclass
+class Finding:
+    code: str
+    severity: str
+    step: int                     # first step the rule fired (when the symptom began)
+    message: str
+    evidence: dict[str, Any]
+    causes: list[str]
+    fixes: list[str]
+    last_step: int = -1
+    count: int = 1
+    active: bool = True
+
+    @classmethod
+    def from_detection(cls, det: Detection) -> "Finding":
+        entry = CATALOG[det.code]
+        msg = entry.meaning + (f" {det.message}" if det.message else "")
+        return cls(code=det.code, severity=entry.severity, step=int(det.step), message=msg,
+                   evidence=_plain(det.evidence), causes=list(entry.causes), fixes=list(entry.fixes),
+                   last_step=int(det.step))
+
+    def update(self, det: Detection) -> None:
+        self.last_step = max(self.last_step, int(det.step))
+        self.count += 1
+        self.active = True
+        self.evidence = _plain(det.evidence)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code, "severity": self.severity, "step": self.step,
+            "last_step": self.last_step, "count": self.count, "active": self.active,
+            "message": self.message, "evidence": self.evidence,
+            "causes": self.causes, "fixes": self.fixes,
+        }
+
+
+def _plain(value: Any) -> Any:
+    """Evidence as JSON-safe Python values (numpy scalars -> float, nan/inf -> strings)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "tolist"):
+        return _plain(value.tolist())
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return float(f"{value:.6g}")
+        return str(value)
+    return str(value)

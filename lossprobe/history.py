@@ -1,0 +1,147 @@
+"""Bounded history of StepRecords: memory does not grow with run length.
+
+Two views are kept:
+
+* a *recent window* (``window`` steps) of every field, as numpy ring buffers —
+  what the rules read;
+* a *whole-run sketch* of the loss (and validation loss): at most ``sketch`` points,
+  halved (every other point dropped) whenever full, so a million-step run still
+  has an evenly spaced outline for plots and trend rules.
+
+Example::
+
+    h = History(layout, window=512)
+    h.append(record)
+    h.series("loss")          # recent losses, oldest first
+    h.loss_sketch()           # (steps, losses) over the whole run
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .record import ACTIVATION_FIELDS, PARAM_FIELDS, SCALAR_FIELDS, Layout, StepRecord
+
+
+class _Ring:
+    """A fixed-capacity ring of rows (shape ``(capacity, *row_shape)``)."""
+
+    def __init__(self, capacity: int, row_shape: tuple[int, ...] = (), dtype=float):
+        self.data = np.full((capacity, *row_shape), np.nan if dtype is float else 0, dtype=dtype)
+        self.capacity = capacity
+        self.count = 0  # total rows ever appended
+
+    def append(self, row) -> None:
+        self.data[self.count % self.capacity] = row
+        self.count += 1
+
+    def view(self) -> np.ndarray:
+        """Rows oldest first (a copy when the ring has wrapped)."""
+        n = min(self.count, self.capacity)
+        if self.count <= self.capacity:
+            return self.data[:n]
+        start = self.count % self.capacity
+        return np.concatenate([self.data[start:], self.data[:start]])
+
+
+class _Sketch:
+    """Evenly decimated (step, value) pairs over the whole run, bounded in size."""
+
+    def __init__(self, capacity: int):
+        self.capacity = max(4, capacity)
+        self.steps: list[int] = []
+        self.values: list[float] = []
+        self.stride = 1
+        self._seen = 0
+
+    def append(self, step: int, value: float) -> None:
+        if self._seen % self.stride == 0:
+            self.steps.append(step)
+            self.values.append(value)
+            if len(self.steps) >= self.capacity:
+                self.steps, self.values = self.steps[::2], self.values[::2]
+                self.stride *= 2
+        self._seen += 1
+
+
+class History:
+    """Recent window of all StepRecord fields plus a whole-run loss sketch."""
+
+    def __init__(self, layout: Layout, window: int = 1024, sketch: int = 2000):
+        self.layout = layout
+        self.window = window
+        n_p, n_a = len(layout.params), len(layout.activations)
+        self._steps = _Ring(window, dtype=np.int64)
+        self._scalars = {name: _Ring(window) for name in SCALAR_FIELDS}
+        self._params = {name: _Ring(window, (n_p,)) for name in PARAM_FIELDS}
+        self._missing = _Ring(window, (n_p,), dtype=bool)
+        self._acts = {name: _Ring(window, (n_a,)) for name in ACTIVATION_FIELDS}
+        self._loss_sketch = _Sketch(sketch)
+        self._val_sketch = _Sketch(sketch)
+        # whole-run facts that rules need without the window
+        self.n_steps = 0
+        self.first_step: int | None = None
+        self.last_step: int | None = None
+        self.initial_loss = math.nan
+        self.min_loss = math.inf
+        self.ever_had_grad = np.zeros(n_p, bool)
+        self.first_param_norms = np.full(n_p, np.nan)
+
+    # -- writing ---------------------------------------------------------
+    def append(self, rec: StepRecord) -> None:
+        self._steps.append(rec.step)
+        for name in SCALAR_FIELDS:
+            self._scalars[name].append(getattr(rec, name))
+        for name in PARAM_FIELDS:
+            self._params[name].append(getattr(rec, name))
+        self._missing.append(rec.param_grad_missing)
+        for name in ACTIVATION_FIELDS:
+            self._acts[name].append(getattr(rec, name))
+        if self.first_step is None:
+            self.first_step = rec.step
+        self.last_step = rec.step
+        self.n_steps += 1
+        if rec.loss_seen and math.isfinite(rec.loss):
+            if not math.isfinite(self.initial_loss):
+                self.initial_loss = rec.loss
+            self.min_loss = min(self.min_loss, rec.loss)
+            self._loss_sketch.append(rec.step, rec.loss)
+        if rec.param_grad_missing.size:
+            self.ever_had_grad |= ~rec.param_grad_missing
+        if np.isnan(self.first_param_norms).all() and rec.param_norms.size:
+            self.first_param_norms = np.array(rec.param_norms, dtype=float)
+
+    def add_val(self, step: int, val_loss: float) -> None:
+        """Record one validation loss measured at training step ``step``."""
+        self._val_sketch.append(step, float(val_loss))
+
+    # -- reading ---------------------------------------------------------
+    def steps(self) -> np.ndarray:
+        return self._steps.view()
+
+    def series(self, name: str) -> np.ndarray:
+        """Recent values of one scalar field, oldest first."""
+        return self._scalars[name].view()
+
+    def matrix(self, name: str) -> np.ndarray:
+        """Recent per-parameter or per-activation rows: shape (steps, n)."""
+        if name in self._params:
+            return self._params[name].view()
+        if name == "param_grad_missing":
+            return self._missing.view()
+        return self._acts[name].view()
+
+    def loss_sketch(self) -> tuple[np.ndarray, np.ndarray]:
+        s = self._loss_sketch
+        return np.asarray(s.steps, dtype=np.int64), np.asarray(s.values, dtype=float)
+
+    def val_sketch(self) -> tuple[np.ndarray, np.ndarray]:
+        s = self._val_sketch
+        return np.asarray(s.steps, dtype=np.int64), np.asarray(s.values, dtype=float)
+
+    def nbytes(self) -> int:
+        """Bytes held by the buffers (constant after construction, plus the bounded sketches)."""
+        rings = [self._steps, self._missing, *self._scalars.values(), *self._params.values(), *self._acts.values()]
+        sk = 16 * (len(self._loss_sketch.steps) + len(self._val_sketch.steps))
+        return sum(r.data.nbytes for r in rings) + sk

@@ -1,0 +1,255 @@
+"""Probe: owns one backend, the history, the rules and the sinks.
+
+Data flows one way: backend hooks -> on-device reductions -> (every ``flush_every``
+steps, one host copy) -> StepRecords -> History -> rules -> Findings -> health -> sinks.
+
+Example::
+
+    with lossprobe.attach(model, optimizer=opt) as probe:
+        for x, y in loader:
+            loss = loss_fn(model(x), y)      # nn.Module losses are captured automatically
+            opt.zero_grad(); loss.backward(); opt.step()
+    print(probe.health, [f.code for f in probe.findings])
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+from . import __version__
+from .catalog import SEVERITY_RANK, worst
+from .config import Config
+from .findings import Detection, Finding
+from .history import History
+from .metrics import metric_rows
+from .record import Layout, StepRecord
+from .rules import RuleRunner
+from .sinks import ConsoleSink, FinalReport, FlushUpdate, RunInfo, Sink
+from .tags import tracker_tags
+
+log = logging.getLogger("lossprobe")
+
+
+class TrainingHealthError(RuntimeError):
+    """Raised at a step boundary when ``Config(on_critical="raise")`` and a critical finding appeared."""
+
+    def __init__(self, findings: list[Finding]):
+        self.findings = findings
+        codes = ", ".join(f"{f.code} (step {f.step})" for f in findings)
+        super().__init__(f"lossprobe: critical training fault: {codes}. {findings[0].message}")
+
+
+class Probe:
+    """Training-health probe bound to one model. Create it with :func:`lossprobe.attach`."""
+
+    def __init__(self, layout: Layout, config: Config | None = None, sinks: Iterable[Sink | str] | None = None):
+        self.config = config or Config()
+        self.layout = layout
+        self.history = History(layout, window=self.config.window)
+        self._runner = RuleRunner()
+        self._findings: dict[str, Finding] = {}
+        self._health = "healthy"
+        self._pending_raise: list[Finding] = []
+        self._raised: set[str] = set()
+        self._backend = None
+        self._closed = False
+        self._warned: set[str] = set()
+        self.sinks: list[Sink] = [resolve_sink(s) for s in (["console"] if sinks is None else sinks)]
+
+    # -- lifecycle --------------------------------------------------------
+    def _start(self, backend) -> None:
+        self._backend = backend
+        info = RunInfo(self.layout.framework, __version__, self.layout.to_dict(), self.config.to_dict())
+        for sink in list(self.sinks):
+            self._call_sink(sink, "open", info)
+
+    def __enter__(self) -> "Probe":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    def detach(self) -> None:
+        """Flush what is pending, remove every hook, publish the final report. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._backend is not None:
+            self._guard("backend flush", self._backend.flush)
+            self._guard("backend detach", self._backend.detach)
+        self._evaluate(final=True)
+        final = FinalReport(self.report(), self.html(), self.findings, self.health, self.tags())
+        for sink in list(self.sinks):
+            self._call_sink(sink, "close", final)
+
+    # -- user-facing ---------------------------------------------------------
+    def observe(self, loss: Any = None, *, targets: Any = None, val_loss: Any = None,
+                gradients: Any = None, step: int | None = None) -> None:
+        """Hand the probe what its hooks cannot see.
+
+        ``loss``/``targets``: the training loss of this step (a tensor or float) and its
+        targets, for functional losses. A loss the hooks already captured is not counted
+        twice. ``val_loss``: a validation loss (float or tensor), recorded at the current
+        step. ``gradients``: for frameworks without hooks (a TensorFlow GradientTape loop).
+        """
+        if self._backend is None or self._closed:
+            return
+        self._guard("observe", self._backend.observe, loss, targets, val_loss, gradients, step)
+
+    def flush(self) -> None:
+        """Force a host read of pending statistics and run the rules now."""
+        if self._backend is not None and not self._closed:
+            self._guard("backend flush", self._backend.flush)
+
+    @property
+    def findings(self) -> list[Finding]:
+        return sorted(self._findings.values(), key=lambda f: (-SEVERITY_RANK[f.severity], f.step, f.code))
+
+    @property
+    def health(self) -> str:
+        return self._health
+
+    @property
+    def step(self) -> int:
+        return self.history.last_step if self.history.last_step is not None else -1
+
+    def tags(self) -> dict[str, str]:
+        return tracker_tags(self.findings, self.health, self.layout.framework, __version__)
+
+    def report(self) -> dict[str, Any]:
+        """Everything known about the run as a JSON-serialisable dict."""
+        from .report import build_report
+        return build_report(self)
+
+    def html(self) -> str:
+        from .report import render_html
+        return render_html(self.report())
+
+    def save_report(self, path: str | Path) -> Path:
+        """Write ``.json`` or ``.html`` (self-contained, with plots) by the file suffix."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix.lower() in (".html", ".htm"):
+            path.write_text(self.html(), encoding="utf-8")
+        elif path.suffix.lower() == ".json":
+            path.write_text(json.dumps(self.report(), indent=2), encoding="utf-8")
+        else:
+            raise ValueError(f"save_report: use a .json or .html path, got {path.name!r}")
+        return path
+
+    # -- called by backends ----------------------------------------------------
+    def _ingest(self, records: list[StepRecord], val_points: list[tuple[int, float]] = ()) -> None:
+        """A flush: append host records, run the rules, publish. Never raises into training."""
+        for rec in records:
+            self.history.append(rec)
+        for step, v in val_points:
+            self.history.add_val(step, v)
+        previous = self._health
+        new = self._evaluate()
+        rows = metric_rows(records, self.layout, self.config.max_layer_metrics)
+        for step, v in val_points:
+            rows.append((int(step), {"lossprobe/val_loss": float(v)}))
+        update = FlushUpdate(rows, self.findings, new, self._health, previous, self.tags(),
+                             self.step)
+        for sink in list(self.sinks):
+            self._call_sink(sink, "on_flush", update)
+
+    def _boundary(self) -> None:
+        """Called by backends at each step boundary: raises a pending TrainingHealthError."""
+        if self._pending_raise:
+            pending, self._pending_raise = self._pending_raise, []
+            raise TrainingHealthError(pending)
+
+    # -- internals ---------------------------------------------------------
+    def _evaluate(self, final: bool = False) -> list[Finding]:
+        if self.history.n_steps == 0:
+            return []
+        try:
+            dets = self._runner.run(self.history, self.config)
+        except Exception as exc:  # pragma: no cover - RuleRunner already guards each rule
+            self._warn_once("rules", f"rule evaluation failed: {exc}")
+            return []
+        dets = _resolve_conflicts(dets)
+        new: list[Finding] = []
+        fired = set()
+        for det in dets:
+            fired.add(det.code)
+            if det.code in self._findings:
+                self._findings[det.code].update(det)
+            else:
+                f = Finding.from_detection(det)
+                self._findings[det.code] = f
+                new.append(f)
+        for code, f in self._findings.items():
+            if code not in fired:
+                f.active = False
+        # converged is healthy; a stale plateau superseded by convergence stays in the record
+        self._health = worst(f.severity for f in self._findings.values())
+        if self.config.on_critical == "raise" and not final:
+            crit = [f for f in new if f.severity == "critical" and f.code not in self._raised]
+            self._raised.update(f.code for f in crit)
+            self._pending_raise.extend(crit)
+        return new
+
+    def _call_sink(self, sink: Sink, method: str, arg) -> None:
+        try:
+            getattr(sink, method)(arg)
+        except Exception as exc:
+            self._warn_once(f"sink:{sink.name}", f"sink {sink.name!r} failed in {method} "
+                            f"({type(exc).__name__}: {exc}); it is switched off, training continues")
+            if sink in self.sinks:
+                self.sinks.remove(sink)
+
+    def _guard(self, what: str, fn, *args):
+        try:
+            return fn(*args)
+        except TrainingHealthError:
+            raise
+        except Exception as exc:
+            self._warn_once(what, f"{what} failed ({type(exc).__name__}: {exc})")
+            return None
+
+    def _warn_once(self, key: str, msg: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("lossprobe: %s", msg)
+            import warnings
+            warnings.warn(f"lossprobe: {msg}", RuntimeWarning, stacklevel=3)
+
+
+def _resolve_conflicts(dets: list[Detection]) -> list[Detection]:
+    """Keep the verdicts consistent: a converged run has no plateau; a NaN run's curve rules
+    (divergence, spike, plateau, oscillation) are noise around the real cause."""
+    codes = {d.code for d in dets}
+    drop = set()
+    if "converged" in codes:
+        drop |= {"loss_plateau", "learning_rate_too_low"}
+    if "nan_loss" in codes:
+        drop |= {"loss_plateau", "loss_oscillation", "converged"}
+    if "loss_divergence" in codes:
+        drop |= {"loss_plateau"}
+    if "chance_level_loss" in codes:
+        drop |= {"converged"}
+    return [d for d in dets if d.code not in drop]
+
+
+def resolve_sink(s: Sink | str) -> Sink:
+    if isinstance(s, Sink):
+        return s
+    if not isinstance(s, str):
+        if hasattr(s, "on_flush"):
+            return s  # duck-typed sink
+        raise TypeError(f"sinks: expected a Sink or one of 'console', 'mlflow', 'wandb'; got {type(s).__name__}")
+    name = s.lower()
+    if name == "console":
+        return ConsoleSink()
+    if name == "mlflow":
+        from .integrations.mlflow import MlflowSink
+        return MlflowSink()
+    if name == "wandb":
+        from .integrations.wandb import WandbSink
+        return WandbSink()
+    raise ValueError(f"unknown sink {s!r}: use 'console', 'mlflow', 'wandb' or a Sink instance")

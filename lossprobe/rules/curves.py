@@ -1,0 +1,178 @@
+"""Loss-curve rules: chance_level_loss, loss_plateau, loss_divergence, loss_spike,
+loss_oscillation, converged.
+
+All are scale-free (relative to the loss's own level and initial value), noise-aware
+(trends are judged by a Theil-Sen slope against the robust spread of the residuals)
+and silent during warm-up.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..findings import Detection
+from . import rule
+from .stats import robust_sigma, theil_sen, thirds
+
+
+@dataclass
+class Trend:
+    steps: np.ndarray
+    loss: np.ndarray
+    level: float        # median of the last third of the window
+    start: float        # median of the first third of the window
+    rel_change: float   # (level - start) / |start|: < 0 falling
+    slope_z: float      # significance of the Theil-Sen slope
+    initial: float      # first measured loss of the run
+
+    @property
+    def falling(self) -> bool:
+        return self.slope_z <= -3.0 and self.rel_change < -0.01
+
+    def high(self, share: float) -> bool:
+        """Still above ``share`` of the initial loss (not yet learned much)."""
+        return abs(self.level) > share * abs(self.initial)
+
+
+def loss_trend(h, cfg) -> Trend | None:
+    """Trend of the last ``curve_window`` measured, finite losses; None during warm-up."""
+    loss, seen, steps = h.series("loss"), h.series("loss_seen") > 0, h.steps()
+    ok = seen & np.isfinite(loss)
+    if ok.sum() < max(cfg.warmup_steps, 8):
+        return None
+    y, t = loss[ok][-cfg.curve_window:], steps[ok][-cfg.curve_window:].astype(float)
+    if y.size < 8:
+        return None
+    start, level = thirds(y)
+    _, z = theil_sen(t, y)
+    rel = (level - start) / abs(start) if start else 0.0
+    return Trend(t, y, level, start, rel, z, h.initial_loss)
+
+
+def is_converged(tr: Trend, h, cfg) -> bool:
+    """Flat and low: at <= converged_rel of the initial loss, or gradients that have died down."""
+    if tr is None or tr.falling:
+        return False
+    if abs(tr.level) <= cfg.converged_rel * abs(tr.initial):
+        return True
+    g = h.series("grad_norm")
+    g = g[np.isfinite(g)]
+    if g.size >= 20:
+        early = float(np.max(g[: max(5, g.size // 10)]))
+        # gradients died down after the loss fell a good way: settled at a noise floor
+        learned = abs(tr.level) < 0.7 * abs(tr.initial)
+        if learned and early > 0 and float(np.median(g[-10:])) < 0.05 * early and abs(tr.rel_change) < cfg.plateau_rel_drop:
+            return True
+    return False
+
+
+def chance_classes(h) -> int:
+    return int(h.layout.n_classes) if h.layout.n_classes and h.layout.n_classes >= 2 else 0
+
+
+@rule("chance_level_loss")
+def chance_level_loss(h, cfg):
+    tr = loss_trend(h, cfg)
+    if tr is None:
+        return None
+    c = chance_classes(h)
+    if h.layout.loss_kind in ("bce", "bce_logits"):
+        c = 2
+    candidates = [c] if c else [2]  # unknown width: only the unmistakable 0.6931
+    for k in candidates:
+        ref = math.log(k)
+        near = np.abs(tr.loss - ref) <= cfg.chance_tolerance * ref
+        if near.mean() >= 0.9 and not tr.falling:
+            onset = int(tr.steps[int(np.argmax(near))])
+            return Detection("chance_level_loss", onset, {
+                "loss": tr.level, "ln_C": round(ref, 4), "classes": k,
+                "share_of_window_at_chance": float(near.mean())},
+                message=f"ln({k}) = {ref:.4f}.")
+    return None
+
+
+@rule("loss_plateau")
+def loss_plateau(h, cfg):
+    tr = loss_trend(h, cfg)
+    if tr is None or tr.falling or is_converged(tr, h, cfg):
+        return None
+    if tr.rel_change <= -cfg.plateau_rel_drop or tr.rel_change >= cfg.divergence_rise:
+        return None  # still falling by more than the tolerance, or rising (divergence)
+    if not tr.high(cfg.plateau_high):
+        return None
+    if _oscillating(tr, cfg):
+        return None  # big zig-zag: reported as loss_oscillation
+    return Detection("loss_plateau", int(tr.steps[0]), {
+        "loss": tr.level, "initial_loss": tr.initial, "relative_change_over_window": tr.rel_change,
+        "window_steps": int(tr.steps[-1] - tr.steps[0])},
+        message="Try a lower learning rate (or a decay schedule) or a smaller batch size.")
+
+
+@rule("loss_divergence")
+def loss_divergence(h, cfg):
+    tr = loss_trend(h, cfg)
+    if tr is None:
+        return None
+    rising = tr.rel_change >= cfg.divergence_rise and tr.slope_z >= cfg.trend_z
+    above_start = tr.level > abs(tr.initial) * (1 + cfg.divergence_rise) if tr.initial > 0 else False
+    if not (rising or (above_start and tr.slope_z >= cfg.trend_z)):
+        return None
+    onset = int(tr.steps[int(np.argmin(tr.loss))])  # the curve's low point before the climb
+    return Detection("loss_divergence", onset, {
+        "loss_start_of_window": tr.start, "loss_now": tr.level, "relative_rise": tr.rel_change,
+        "slope_z": tr.slope_z, "initial_loss": tr.initial})
+
+
+@rule("loss_spike")
+def loss_spike(h, cfg):
+    loss, seen, steps = h.series("loss"), h.series("loss_seen") > 0, h.steps()
+    ok = seen & np.isfinite(loss)
+    y, t = loss[ok], steps[ok]
+    w = cfg.curve_window // 2
+    if y.size < max(cfg.warmup_steps, w) + 1:
+        return None
+    scale = abs(h.initial_loss) if math.isfinite(h.initial_loss) else 0.0
+    # scan the recent region for the first point far outside its preceding window's noise
+    for i in range(max(w, y.size - cfg.window), y.size):
+        prev = y[i - w:i]
+        med = float(np.median(prev))
+        sig = robust_sigma(prev)
+        jump = y[i] - med
+        if jump > cfg.spike_mad * max(sig, 1e-12) and y[i] > 2 * abs(med) and jump > 0.1 * scale:
+            return Detection("loss_spike", int(t[i]), {
+                "loss": float(y[i]), "median_before": med, "noise_sigma_before": sig,
+                "jump_in_sigmas": jump / max(sig, 1e-12)})
+    return None
+
+
+def _oscillating(tr, cfg) -> bool:
+    d = np.diff(tr.loss)
+    if d.size < 6:
+        return False
+    flips = np.mean(np.sign(d[1:]) != np.sign(d[:-1]))
+    amp = float(np.median(np.abs(d)))
+    return flips >= 0.6 and amp >= cfg.oscillation_rel * abs(np.median(tr.loss))
+
+
+@rule("loss_oscillation")
+def loss_oscillation(h, cfg):
+    tr = loss_trend(h, cfg)
+    if tr is None or tr.falling or not tr.high(cfg.plateau_high):
+        return None
+    if not _oscillating(tr, cfg):
+        return None
+    d = np.diff(tr.loss)
+    return Detection("loss_oscillation", int(tr.steps[0]), {
+        "median_swing": float(np.median(np.abs(d))), "level": float(np.median(tr.loss)),
+        "sign_flip_share": float(np.mean(np.sign(d[1:]) != np.sign(d[:-1])))})
+
+
+@rule("converged")
+def converged(h, cfg):
+    tr = loss_trend(h, cfg)
+    if tr is None or not is_converged(tr, h, cfg):
+        return None
+    return Detection("converged", int(tr.steps[0]), {
+        "loss": tr.level, "initial_loss": tr.initial, "relative_change_over_window": tr.rel_change})

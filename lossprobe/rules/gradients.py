@@ -1,0 +1,93 @@
+"""Gradient health: exploding_gradients, vanishing_gradients, frozen_parameters."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..findings import Detection
+from . import rule
+from .stats import finite
+
+
+def _weight_columns(h) -> np.ndarray:
+    w = np.asarray(h.layout.is_weight, bool)
+    if w.size != len(h.layout.params) or not w.any():
+        w = np.ones(len(h.layout.params), bool)
+    return np.flatnonzero(w)
+
+
+@rule("exploding_gradients")
+def exploding_gradients(h, cfg):
+    g = h.series("grad_norm")
+    steps = h.steps()
+    ok = np.isfinite(g) & (g > 0)
+    if ok.sum() < 8:
+        return None
+    gs, st = g[ok], steps[ok]
+    early = float(np.median(gs[: max(3, min(10, gs.size // 4))]))
+    recent = float(np.median(gs[-3:]))
+    ratio = recent / early if early > 0 else np.inf
+    if ratio >= cfg.explode_factor:
+        # when did it begin: first step the norm left the early band by 10x
+        onset = int(st[int(np.argmax(gs >= 10 * early))])
+        return Detection("exploding_gradients", onset, {
+            "grad_norm_early": early, "grad_norm_recent": recent, "growth": ratio})
+    # a norm already past explode_abs and still climbing an order of magnitude
+    if recent >= cfg.explode_abs and ratio >= 10:
+        onset = int(st[int(np.argmax(gs >= 10 * early))])
+        return Detection("exploding_gradients", onset, {
+            "grad_norm_early": early, "grad_norm_recent": recent, "growth": ratio})
+    return None
+
+
+@rule("vanishing_gradients")
+def vanishing_gradients(h, cfg):
+    g = h.matrix("param_grad_norms")
+    if g.shape[0] < cfg.warmup_steps or g.shape[1] < 2:
+        return None
+    cols = _weight_columns(h)
+    if cols.size < 2:
+        return None
+    sizes = np.asarray(h.layout.param_sizes, float)
+    rms = g[:, cols] / np.sqrt(np.maximum(sizes[cols], 1.0))  # per-element scale: size-free
+    first, last = rms[:, 0], rms[:, -1]
+    ok = np.isfinite(first) & np.isfinite(last) & (last > 0)
+    if ok.sum() < cfg.warmup_steps // 2:
+        return None
+    ratio = first[ok] / last[ok]
+    recent = ratio[-cfg.curve_window:]
+    med = float(np.median(recent))
+    if med >= cfg.vanish_ratio or float(np.mean(recent < cfg.vanish_ratio)) < 0.8:
+        return None
+    onset = int(h.steps()[ok][int(np.argmax(ratio < cfg.vanish_ratio))])
+    return Detection("vanishing_gradients", onset, {
+        "first_layer": h.layout.params[cols[0]], "last_layer": h.layout.params[cols[-1]],
+        "rms_grad_ratio_first_to_last": med, "threshold": cfg.vanish_ratio})
+
+
+@rule("frozen_parameters")
+def frozen_parameters(h, cfg):
+    if h.n_steps < cfg.warmup_steps or not h.layout.params:
+        return None
+    names = h.layout.params
+    no_grad = ~h.ever_had_grad
+    not_in_opt = np.zeros(len(names), bool)
+    if h.layout.in_optimizer is not None:
+        not_in_opt = ~np.asarray(h.layout.in_optimizer, bool)
+    # has a gradient, but its weights never move (every sampled update exactly zero)
+    upd = h.matrix("update_ratios")
+    grads = h.matrix("param_grad_norms")
+    sampled = np.isfinite(upd)
+    n_sampled = sampled.sum(axis=0)
+    never_moves = (n_sampled >= 3) & (np.where(sampled, upd, 0.0) == 0).all(axis=0)
+    has_grad = (np.nan_to_num(grads, nan=0.0) > 0).any(axis=0)
+    stuck = never_moves & has_grad
+    frozen = no_grad | not_in_opt | stuck
+    if not frozen.any():
+        return None
+    idx = np.flatnonzero(frozen)
+    return Detection("frozen_parameters", int(h.first_step or 0), {
+        "parameters": [names[i] for i in idx[:10]], "n_frozen": int(idx.size),
+        "never_got_gradient": [names[i] for i in np.flatnonzero(no_grad)[:10]],
+        "not_in_optimizer": [names[i] for i in np.flatnonzero(not_in_opt)[:10]],
+        "gradient_but_never_updated": [names[i] for i in np.flatnonzero(stuck)[:10]],
+    }, message=f"{idx.size} parameter tensor(s), first: {names[idx[0]]}.")

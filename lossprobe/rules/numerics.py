@@ -1,0 +1,85 @@
+"""NaN/Inf and overflow: nan_loss, nonfinite_gradients, nonfinite_inputs, softmax_overflow."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..findings import Detection
+from . import rule
+from .stats import finite
+
+# exp(x) overflows fp32 above ln(FLT_MAX) ~ 88.7: logits that large saturate softmax to exact 0/1.
+FP32_EXP_LIMIT = 88.0
+
+
+@rule("nan_loss")
+def nan_loss(h, cfg):
+    loss, seen, steps = h.series("loss"), h.series("loss_seen") > 0, h.steps()
+    bad = seen & ~np.isfinite(loss)
+    if not bad.any():
+        return None
+    i = int(np.argmax(bad))
+    good = finite(loss[:i][seen[:i]])
+    return Detection("nan_loss", int(steps[i]), {
+        "value": str(loss[i]), "nonfinite_steps": int(bad.sum()),
+        "last_finite_loss": float(good[-1]) if good.size else None,
+    })
+
+
+@rule("nonfinite_gradients")
+def nonfinite_gradients(h, cfg):
+    g = h.matrix("param_grad_norms")
+    missing = h.matrix("param_grad_missing")
+    if g.size == 0:
+        return None
+    bad = ~np.isfinite(g) & ~missing
+    rows = bad.any(axis=1)
+    if not rows.any():
+        return None
+    # An isolated non-finite step after which training goes on finite is what AMP's
+    # loss scaler produces (it skips that step): not a fault. Require it on two steps,
+    # or a loss that turns non-finite from there on.
+    first = int(np.argmax(rows))
+    loss, seen = h.series("loss"), h.series("loss_seen") > 0
+    loss_broke = bool((seen[first:] & ~np.isfinite(loss[first:])).any())
+    if rows.sum() < 2 and not loss_broke:
+        return None
+    i = int(np.argmax(rows))
+    names = [h.layout.params[j] for j in np.flatnonzero(bad[i])]
+    return Detection("nonfinite_gradients", int(h.steps()[i]), {
+        "first_layer": names[0], "layers": names[:8], "n_layers": len(names),
+        "nonfinite_steps": int(rows.sum()),
+    }, message=f"First layer with non-finite gradient: {names[0]}.")
+
+
+@rule("nonfinite_inputs")
+def nonfinite_inputs(h, cfg):
+    x = h.series("input_nonfinite")
+    bad = np.nan_to_num(x, nan=0.0) > 0
+    if not bad.any():
+        return None
+    i = int(np.argmax(bad))
+    return Detection("nonfinite_inputs", int(h.steps()[i]), {
+        "nonfinite_values": float(x[i]), "batches_affected": int(bad.sum())})
+
+
+@rule("softmax_overflow")
+def softmax_overflow(h, cfg):
+    loss, seen, steps = h.series("loss"), h.series("loss_seen") > 0, h.steps()
+    target = cfg.overflow_loss
+    pinned = seen & (np.abs(loss - target) <= cfg.overflow_tolerance)
+    # pinned on at least 3 recent measured steps: a loss that sits at -ln(FLT_MIN)
+    if pinned.sum() >= 3:
+        i = int(np.argmax(pinned))
+        return Detection("softmax_overflow", int(steps[i]), {
+            "loss": float(loss[i]), "expected_pin": round(target, 4), "pinned_steps": int(pinned.sum())})
+    big = h.series("logit_abs_max")
+    sat = h.series("softmax_saturation")
+    over = (np.nan_to_num(big, nan=0.0) >= FP32_EXP_LIMIT) & (np.nan_to_num(sat, nan=0.0) >= 0.5)
+    if over.sum() >= 3:
+        i = int(np.argmax(over))
+        return Detection("softmax_overflow", int(steps[i]), {
+            "max_abs_logit": float(big[i]), "saturated_rows": float(sat[i]),
+            "logit_limit": FP32_EXP_LIMIT, "overflow_steps": int(over.sum())})
+    return None

@@ -1,0 +1,53 @@
+"""Robust, scale-free statistics the curve rules share (numpy only)."""
+from __future__ import annotations
+
+import numpy as np
+
+MAD_TO_SIGMA = 1.4826  # MAD of a normal sample times this estimates its standard deviation
+
+
+def finite(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=float)
+    return x[np.isfinite(x)]
+
+
+def robust_sigma(x: np.ndarray) -> float:
+    x = finite(x)
+    if x.size < 2:
+        return 0.0
+    return float(MAD_TO_SIGMA * np.median(np.abs(x - np.median(x))))
+
+
+def theil_sen(t: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Median of pairwise slopes and a robust z-score of it (slope / its standard error).
+
+    The standard error comes from the robust spread of the residuals around the fit,
+    so a trend counts only when it stands out of the curve's own noise.
+    """
+    t, y = np.asarray(t, float), np.asarray(y, float)
+    ok = np.isfinite(t) & np.isfinite(y)
+    t, y = t[ok], y[ok]
+    n = t.size
+    if n < 4:
+        return 0.0, 0.0
+    i, j = np.triu_indices(n, 1)
+    dt = t[j] - t[i]
+    keep = dt != 0
+    if not keep.any():
+        return 0.0, 0.0
+    slope = float(np.median((y[j] - y[i])[keep] / dt[keep]))
+    resid = y - slope * t
+    sigma = robust_sigma(resid - np.median(resid))
+    spread_t = float(np.std(t))
+    if spread_t == 0:
+        return slope, 0.0
+    se = sigma / (spread_t * np.sqrt(n)) if sigma > 0 else 0.0
+    z = slope / se if se > 0 else (np.inf * np.sign(slope) if slope else 0.0)
+    return slope, float(z)
+
+
+def thirds(y: np.ndarray) -> tuple[float, float]:
+    """Median of the first and of the last third of a series."""
+    y = finite(y)
+    k = max(1, y.size // 3)
+    return float(np.median(y[:k])), float(np.median(y[-k:]))
