@@ -233,6 +233,9 @@ def _resolve_conflicts(dets: list[Detection]) -> list[Detection]:
         drop |= {"loss_plateau"}
     if "chance_level_loss" in codes:
         drop |= {"converged"}
+    if codes & {"dead_relu", "vanishing_gradients", "frozen_parameters"}:
+        # tiny updates there come from gradients that do not arrive, not from the learning rate
+        drop |= {"learning_rate_too_low"}
     return [d for d in dets if d.code not in drop]
 
 

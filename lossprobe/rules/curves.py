@@ -36,11 +36,12 @@ class Trend:
         return abs(self.level) > share * abs(self.initial)
 
 
-def loss_trend(h, cfg) -> Trend | None:
-    """Trend of the last ``curve_window`` measured, finite losses; None during warm-up."""
+def loss_trend(h, cfg, min_points: int | None = None) -> Trend | None:
+    """Trend of the last ``curve_window`` measured, finite losses; None during warm-up
+    (fewer than ``min_points`` losses, default ``warmup_steps``)."""
     loss, seen, steps = h.series("loss"), h.series("loss_seen") > 0, h.steps()
     ok = seen & np.isfinite(loss)
-    if ok.sum() < max(cfg.warmup_steps, 8):
+    if ok.sum() < max(cfg.warmup_steps if min_points is None else min_points, 8):
         return None
     y, t = loss[ok][-cfg.curve_window:], steps[ok][-cfg.curve_window:].astype(float)
     if y.size < 8:
@@ -74,7 +75,9 @@ def chance_classes(h) -> int:
 
 @rule("chance_level_loss")
 def chance_level_loss(h, cfg):
-    tr = loss_trend(h, cfg)
+    # a stall verdict needs a full window of evidence: many healthy runs sit at ln(C) for
+    # their first few dozen steps before the loss starts to move
+    tr = loss_trend(h, cfg, min_points=cfg.curve_window)
     if tr is None:
         return None
     c = chance_classes(h)
@@ -95,7 +98,7 @@ def chance_level_loss(h, cfg):
 
 @rule("loss_plateau")
 def loss_plateau(h, cfg):
-    tr = loss_trend(h, cfg)
+    tr = loss_trend(h, cfg, min_points=cfg.curve_window)
     if tr is None or tr.falling or is_converged(tr, h, cfg):
         return None
     if tr.rel_change <= -cfg.plateau_rel_drop or tr.rel_change >= cfg.divergence_rise:

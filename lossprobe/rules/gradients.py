@@ -20,11 +20,15 @@ def exploding_gradients(h, cfg):
     g = h.series("grad_norm")
     steps = h.steps()
     ok = np.isfinite(g) & (g > 0)
-    if ok.sum() < 8:
+    if ok.sum() < 4:
         return None
     gs, st = g[ok], steps[ok]
     early = float(np.median(gs[: max(3, min(10, gs.size // 4))]))
     recent = float(np.median(gs[-3:]))
+    last_ok = int(np.flatnonzero(ok)[-1])
+    if last_ok < g.size - 1 and not np.isfinite(g[last_ok + 1:]).any():
+        # the norm overflowed: judge the climb by its last finite values
+        recent = float(np.max(gs[-3:]))
     ratio = recent / early if early > 0 else np.inf
     if ratio >= cfg.explode_factor:
         # when did it begin: first step the norm left the early band by 10x

@@ -62,7 +62,9 @@ def overfitting(h, cfg):
     if not train_down:
         return None
     # val rising from its best, or flat while train keeps falling hard
-    if rose >= 0.05 or (abs(vr) < FLAT and tr <= -0.2) or vr >= FLAT:
+    # val rising from its best (and not still falling over the window: one bumpy point is
+    # noise), or flat while train keeps falling hard
+    if (rose >= 0.05 and vr > -FLAT) or (abs(vr) < FLAT and tr <= -0.2) or vr >= FLAT:
         onset = int(steps[int(np.argmin(val))])
         return Detection("overfitting", onset, {
             "train_change": tr, "val_change": vr, "val_best": best, "val_now": float(val[-1]),
