@@ -78,6 +78,8 @@ class Probe:
             return
         self._closed = True
         if self._backend is not None:
+            if hasattr(self._backend, "finish"):  # close a step still open (no optimizer.step() after it)
+                self._guard("backend finish", self._backend.finish)
             self._guard("backend flush", self._backend.flush)
             self._guard("backend detach", self._backend.detach)
         self._evaluate(final=True)

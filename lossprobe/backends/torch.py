@@ -156,6 +156,14 @@ class TorchBackend:
         self._handles.clear()
         _ATTACHED.pop(self.model, None)
 
+    def finish(self) -> None:
+        """At detach: a step that ran forward but saw no optimizer.step() still counts."""
+        cur = self._cur
+        if cur is not None and cur.forwards > 0:
+            if cur.grad_norms is None:
+                self._safe("gradients", self._read_grads, cur)
+            self._close_step()
+
     def _bind_optimizer(self, opt) -> None:
         self.optimizer = opt
         ids = {id(p) for g in opt.param_groups for p in g["params"]}
