@@ -143,17 +143,30 @@ class Probe:
         return path
 
     # -- called by backends ----------------------------------------------------
-    def _ingest(self, records: list[StepRecord], val_points: list[tuple[int, float]] = ()) -> None:
-        """A flush: append host records, run the rules, publish. Never raises into training."""
+    def _ingest(self, records: list[StepRecord], val_points: list[tuple[int, float]] = (),
+                extra_rows: list[tuple[int, dict[str, float]]] = ()) -> None:
+        """A flush: append host records, run the rules, publish. Never raises into training.
+
+        ``extra_rows``: (step, {"lossprobe/<name>": value}) metrics a backend measured beyond
+        the StepRecord (e.g. the gradient noise scale); merged into the rows of their step."""
         for rec in records:
             self.history.append(rec)
         for step, v in val_points:
             self.history.add_val(step, v)
         previous = self._health
         new = self._evaluate()
-        rows = metric_rows(records, self.layout, self.config.max_layer_metrics)
-        for step, v in val_points:
-            rows.append((int(step), {"lossprobe/val_loss": float(v)}))
+        rows: list = []
+        if any(getattr(s, "wants_metrics", True) for s in self.sinks):
+            rows = metric_rows(records, self.layout, self.config.max_layer_metrics)
+            for step, v in val_points:
+                rows.append((int(step), {"lossprobe/val_loss": float(v)}))
+        if extra_rows:
+            at = {s: m for s, m in rows}
+            for step, m in extra_rows:
+                if int(step) in at:
+                    at[int(step)].update(m)
+                else:
+                    rows.append((int(step), dict(m)))
         update = FlushUpdate(rows, self.findings, new, self._health, previous, self.tags(),
                              self.step)
         for sink in list(self.sinks):
@@ -234,7 +247,7 @@ def _resolve_conflicts(dets: list[Detection]) -> list[Detection]:
     if "loss_divergence" in codes:
         drop |= {"loss_plateau"}
     if "chance_level_loss" in codes:
-        drop |= {"converged"}
+        drop |= {"converged", "loss_plateau"}  # the plateau at ln(C) is the chance-level finding
     if codes & {"dead_relu", "vanishing_gradients", "frozen_parameters"}:
         # tiny updates there come from gradients that do not arrive, not from the learning rate
         drop |= {"learning_rate_too_low"}

@@ -59,6 +59,7 @@ class Sink:
     exception is reported once and the sink is switched off, training goes on."""
 
     name = "sink"
+    wants_metrics = True  # False: the probe skips building metric rows for this sink
 
     def open(self, info: RunInfo) -> None:
         pass
@@ -74,6 +75,7 @@ class ConsoleSink(Sink):
     """One compact line when a finding first appears or health changes; a table at the end."""
 
     name = "console"
+    wants_metrics = False
 
     def __init__(self, stream: TextIO | None = None, summary: bool = True):
         self.stream = stream

@@ -132,6 +132,7 @@ class TorchBackend:
         self._disabled: set[str] = set()
         self.n_host_reads = 0
         self._act_out: dict[int, int] = {}  # id(output tensor) -> activation index (this forward)
+        self.dist = None  # torch_dist.DistHelper: data-parallel ranks + gradient noise scale
         if optimizer is not None:
             self._bind_optimizer(optimizer)
 
@@ -149,11 +150,16 @@ class TorchBackend:
             # no optimizer given: find it at its first step (any optimizer holding our parameters)
             h.append(_optim_mod.register_optimizer_step_pre_hook(self._global_opt_pre))
             h.append(_optim_mod.register_optimizer_step_post_hook(self._global_opt_post))
+        # --- distributed (torch_dist.py): rank-0-only sinks, per-rank summaries, noise scale ---
+        from . import torch_dist
+        self.dist = self._safe("distributed", torch_dist.setup, self, probe)
 
     def detach(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        if self.dist is not None:  # torch_dist.py
+            self.dist.detach()
         _ATTACHED.pop(self.model, None)
 
     def finish(self) -> None:
@@ -287,17 +293,37 @@ class TorchBackend:
         if grads:
             cur.grad_norms = torch.stack(torch._foreach_norm(grads)).float()
 
+    # Update/weight ratios are measured on a fixed random sample of at most UPDATE_SAMPLE
+    # elements per weight tensor: |dW_S| / |W_S| estimates |dW| / |W| (numerator and
+    # denominator shrink alike), and the cost no longer grows with the model.
+    UPDATE_SAMPLE = 4096
+
+    def _sample_index(self) -> list[torch.Tensor | None]:
+        if getattr(self, "_upd_idx", None) is None:
+            gen = torch.Generator().manual_seed(0)
+            self._upd_idx = []
+            for i in self.weight_idx or range(len(self.params)):
+                p = self.params[i]
+                n = p.numel()
+                self._upd_idx.append(None if n <= self.UPDATE_SAMPLE else
+                                     torch.randint(0, n, (self.UPDATE_SAMPLE,), generator=gen).to(p.device))
+        return self._upd_idx
+
+    def _sampled_weights(self) -> list[torch.Tensor]:
+        out = []
+        for i, idx in zip(self.weight_idx or range(len(self.params)), self._sample_index()):
+            flat = self.params[i].detach().reshape(-1)
+            out.append(flat.clone() if idx is None else flat.index_select(0, idx))
+        return out
+
     def _snapshot(self, cur: _Step) -> None:
-        ws = [self.params[i].detach() for i in self.weight_idx] or [p.detach() for p in self.params]
-        self._before = [w.clone() for w in ws]
+        self._before = self._sampled_weights()
         cur.pnorm = torch.stack(torch._foreach_norm([p.detach() for p in self.params])).float()
 
     def _update_ratios(self, cur: _Step) -> None:
-        idx = self.weight_idx or list(range(len(self.params)))
-        now = [self.params[i].detach() for i in idx]
-        diffs = torch._foreach_sub(now, self._before)
-        dn = torch.stack(torch._foreach_norm(diffs)).float()
-        wn = cur.pnorm[idx].clamp_min(1e-30)
+        now = self._sampled_weights()
+        dn = torch.stack(torch._foreach_norm(torch._foreach_sub(now, self._before))).float()
+        wn = torch.stack(torch._foreach_norm(self._before)).float().clamp_min(1e-30)
         cur.upd = dn / wn
         self._before = None
 
@@ -334,7 +360,8 @@ class TorchBackend:
             if of.ndim >= 2 and of.shape[-1] >= 2:
                 o2 = of.reshape(-1, of.shape[-1])
                 p = torch.softmax(o2, -1)
-                sat = (p.amax(-1) >= 1.0).float().mean()
+                # saturated: the top class is exactly 1, or some class underflowed to exactly 0
+                sat = ((p.amax(-1) >= 1.0) | (p.amin(-1) <= 0.0)).float().mean()
                 prob = ((o2.amin(-1) >= 0) & (o2.amax(-1) <= 1) & ((o2.sum(-1) - 1).abs() < 1e-3)).float().mean()
             else:
                 sat = prob = torch.full((), math.nan, device=o.device)
@@ -435,13 +462,16 @@ class TorchBackend:
             return
         tensors: list[torch.Tensor] = []
         slots: list[tuple[int, str, int, int]] = []  # (step index, field, start, length)
+        offset = 0
 
         def put(i: int, name: str, t) -> None:
+            nonlocal offset
             if isinstance(t, torch.Tensor):
-                t = t.reshape(-1).float()
-                start = sum(x.numel() for x in tensors)
+                t = t.reshape(-1)
+                n = t.numel()
                 tensors.append(t)
-                slots.append((i, name, start, t.numel()))
+                slots.append((i, name, offset, n))
+                offset += n
 
         for i, s in enumerate(steps):
             if s.losses:
@@ -463,7 +493,7 @@ class TorchBackend:
         host = np.zeros(0)
         if tensors:
             dev = tensors[0].device
-            flat = torch.cat([t.to(dev, non_blocking=True) for t in tensors])
+            flat = torch.cat([t.to(dev, torch.float32, non_blocking=True) for t in tensors])
             host = flat.cpu().numpy()  # the single device->host copy of this flush
             self.n_host_reads += 1
         got: dict[tuple[int, str], np.ndarray] = {(i, n): host[a:a + l] for i, n, a, l in slots}
@@ -471,8 +501,13 @@ class TorchBackend:
         val_points = []
         for k, (st, v) in enumerate(vals):
             val_points.append((st, float(got[(-1 - k, "val")][0]) if (-1 - k, "val") in got else float(v)))
+        extra_rows: list = []
+        if self.dist is not None:  # torch_dist.py: cross-rank merge (one gather per flush), noise scale rows
+            got_dist = self._safe("distributed", self.dist.on_flush, records)
+            if got_dist is not None:
+                records, extra_rows = got_dist
         if self.probe is not None:
-            self.probe._ingest(records, val_points)
+            self.probe._ingest(records, val_points, extra_rows)
 
     def _decode(self, i: int, s: _Step, got) -> StepRecord:
         rec = StepRecord.empty(s.step, self.layout)

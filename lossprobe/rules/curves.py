@@ -14,7 +14,7 @@ import numpy as np
 
 from ..findings import Detection
 from . import rule
-from .stats import robust_sigma, theil_sen, thirds
+from .stats import MAD_TO_SIGMA, theil_sen, thirds
 
 
 @dataclass
@@ -38,7 +38,17 @@ class Trend:
 
 def loss_trend(h, cfg, min_points: int | None = None) -> Trend | None:
     """Trend of the last ``curve_window`` measured, finite losses; None during warm-up
-    (fewer than ``min_points`` losses, default ``warmup_steps``)."""
+    (fewer than ``min_points`` losses, default ``warmup_steps``). Memoised per history
+    state: several rules ask for it in one evaluation."""
+    key = (h.n_steps, h.last_step, min_points, cfg.curve_window, cfg.warmup_steps)
+    cache = h.__dict__.setdefault("_trend_cache", {})
+    if key not in cache:
+        cache.clear() if len(cache) > 8 else None
+        cache[key] = _loss_trend(h, cfg, min_points)
+    return cache[key]
+
+
+def _loss_trend(h, cfg, min_points):
     loss, seen, steps = h.series("loss"), h.series("loss_seen") > 0, h.steps()
     ok = seen & np.isfinite(loss)
     if ok.sum() < max(cfg.warmup_steps if min_points is None else min_points, 8):
@@ -137,17 +147,19 @@ def loss_spike(h, cfg):
     if y.size < max(cfg.warmup_steps, w) + 1:
         return None
     scale = abs(h.initial_loss) if math.isfinite(h.initial_loss) else 0.0
-    # scan the recent region for the first point far outside its preceding window's noise
-    for i in range(max(w, y.size - cfg.window), y.size):
-        prev = y[i - w:i]
-        med = float(np.median(prev))
-        sig = robust_sigma(prev)
-        jump = y[i] - med
-        if jump > cfg.spike_mad * max(sig, 1e-12) and y[i] > 2 * abs(med) and jump > 0.1 * scale:
-            return Detection("loss_spike", int(t[i]), {
-                "loss": float(y[i]), "median_before": med, "noise_sigma_before": sig,
-                "jump_in_sigmas": jump / max(sig, 1e-12)})
-    return None
+    # every point against the median and robust spread of the w points before it (vectorised)
+    win = np.lib.stride_tricks.sliding_window_view(y[:-1], w)        # win[k] = y[k : k + w]
+    med = np.median(win, axis=1)
+    sig = MAD_TO_SIGMA * np.median(np.abs(win - med[:, None]), axis=1)
+    cur = y[w:]
+    jump = cur - med
+    hit = (jump > cfg.spike_mad * np.maximum(sig, 1e-12)) & (cur > 2 * np.abs(med)) & (jump > 0.1 * scale)
+    if not hit.any():
+        return None
+    k = int(np.argmax(hit))
+    return Detection("loss_spike", int(t[w + k]), {
+        "loss": float(cur[k]), "median_before": float(med[k]), "noise_sigma_before": float(sig[k]),
+        "jump_in_sigmas": float(jump[k] / max(sig[k], 1e-12))})
 
 
 def _oscillating(tr, cfg) -> bool:
