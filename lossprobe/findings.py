@@ -48,8 +48,9 @@ class Finding:
                    evidence=_plain(det.evidence), causes=list(entry.causes), fixes=list(entry.fixes),
                    last_step=int(det.step))
 
-    def update(self, det: Detection) -> None:
-        self.last_step = max(self.last_step, int(det.step))
+    def update(self, det: Detection, seen_through: int | None = None) -> None:
+        """The rule fired again on data up to step ``seen_through``: still going on there."""
+        self.last_step = max(self.last_step, int(det.step), int(seen_through if seen_through is not None else -1))
         self.count += 1
         self.active = True
         self.evidence = _plain(det.evidence)

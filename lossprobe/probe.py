@@ -193,7 +193,7 @@ class Probe:
         for det in dets:
             fired.add(det.code)
             if det.code in self._findings:
-                self._findings[det.code].update(det)
+                self._findings[det.code].update(det, self.history.last_step)
             else:
                 f = Finding.from_detection(det)
                 self._findings[det.code] = f
