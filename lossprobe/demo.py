@@ -41,10 +41,19 @@ def _train(name: str, lr: float, steps: int, sinks: list, seed: int = 0):
     return probe
 
 
+def _ensure_experiment(uri: str, out: Path) -> None:
+    """Create the demo experiment with its artifacts next to the database (not in ./mlruns)."""
+    import mlflow
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    if client.get_experiment_by_name("lossprobe-demo") is None:
+        client.create_experiment("lossprobe-demo", artifact_location=(out / "artifacts").resolve().as_uri())
+
+
 def _tracker_sinks(out: Path, run_name: str) -> list:
     sinks = []
     try:
         from .integrations.mlflow import MlflowSink
+        _ensure_experiment(f"sqlite:///{(out / 'mlflow.db').resolve()}", out)
         sinks.append(MlflowSink(tracking_uri=f"sqlite:///{(out / 'mlflow.db').resolve()}",
                                 experiment="lossprobe-demo", run_name=run_name))
     except Exception as exc:  # the tracker packages are optional

@@ -259,3 +259,22 @@ def test_diagnose_posthoc_on_lists_and_csv(tmp_path):
     table = subprocess.run([sys.executable, "-m", "lossprobe.cli", "diagnose", str(p)],
                            capture_output=True, text=True, check=True).stdout
     assert "loss_divergence" in table and "critical" in table
+
+
+def test_two_probed_models_in_one_process_keep_their_own_losses():
+    a, b = mlp(), mlp()
+    oa, ob = (torch.optim.SGD(m.parameters(), lr=0.01) for m in (a, b))
+    loss_fn = nn.CrossEntropyLoss()
+    pa = lossprobe.attach(a, optimizer=oa, sinks=[])
+    pb = lossprobe.attach(b, optimizer=ob, sinks=[])
+    la, lb = [], []
+    for s in range(20):
+        x, y = X[s * 16:(s + 1) * 16], Y[s * 16:(s + 1) * 16]
+        loss_a = loss_fn(a(x), y)
+        loss_b = 10 * loss_fn(b(x).view(16, 10), y)  # a view of b's output still counts as b's
+        la.append(loss_a.item()); lb.append(loss_b.item() / 10)
+        for opt, loss in ((oa, loss_a), (ob, loss_b)):
+            opt.zero_grad(); loss.backward(); opt.step()
+    pa.detach(); pb.detach()
+    assert pa.history.series("loss") == pytest.approx(la, rel=1e-5)
+    assert pb.history.series("loss") == pytest.approx(lb, rel=1e-5)  # the loss module output, before x10

@@ -75,7 +75,8 @@ FAULTS = {
     # raw 0..255 pixels straight into sigmoid units
     "saturated_activations": lambda: train(mlp(act=nn.Sigmoid), x_fn=lambda x, s: x * 255, opt="sgd", lr=1e-3, steps=80),
     "frozen_parameters": lambda: _train_partial_optimizer(),
-    "loss_plateau": lambda: train(mlp(), opt="sgd", lr=2e-4, steps=200),
+    # a schedule that decays the learning rate 10000x at step 40 (Adam): the loss freezes mid-way
+    "loss_plateau": lambda: train(mlp(), lr=1e-3, steps=200, schedule=lambda s: 1e-3 if s < 40 else 1e-7),
     # a sign bug: gradient ascent on the loss
     "loss_divergence": lambda: train(mlp(), opt="sgd", lr=0.1, ascent=True, steps=150),
 }

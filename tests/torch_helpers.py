@@ -30,7 +30,7 @@ def cnn() -> nn.Sequential:
 
 def train(model, *, steps=150, lr=1e-3, opt="adam", batch=64, images=False, seed=0, x_fn=None, y_fn=None,
           loss_fn=None, functional=False, val_every=0, config=None, give_optimizer=True, probe=True,
-          after_step=None, ascent=False):
+          after_step=None, ascent=False, schedule=None):
     """Train ``model``; returns the (detached) probe. ``x_fn``/``y_fn`` plant input/label faults."""
     torch.manual_seed(seed)
     data = X_IMG if images else X
@@ -60,6 +60,9 @@ def train(model, *, steps=150, lr=1e-3, opt="adam", batch=64, images=False, seed
         optimizer.step()
         if after_step:
             after_step(model, step)
+        if schedule:
+            for g in optimizer.param_groups:
+                g["lr"] = schedule(step + 1)
         if val_every and step % val_every == val_every - 1:
             model.eval()
             with torch.no_grad():

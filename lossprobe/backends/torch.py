@@ -110,7 +110,10 @@ class TorchBackend:
         named = [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
         self.params = [p for _, p in named]
         self._param_ids = {id(p): i for i, p in enumerate(self.params)}
-        self.weight_idx = [i for i, p in enumerate(self.params) if p.ndim >= 2]
+        # embedding tables are lookups, not layers: their gradient reaches only the rows a batch
+        # used, so their per-element gradient/update scale says nothing about gradient flow
+        emb = {id(m.weight) for m in self.net.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))}
+        self.weight_idx = [i for i, p in enumerate(self.params) if p.ndim >= 2 and id(p) not in emb]
         acts = [(n, m, _kind_of(m, _ACTIVATION_KINDS)) for n, m in self.net.named_modules()]
         acts = [(n or "root", m, k) for n, m, k in acts if k]
         self._act_modules = [m for _, m, _ in acts]
@@ -118,7 +121,7 @@ class TorchBackend:
         self.layout = Layout(
             framework="torch", params=[n for n, _ in named], param_sizes=[p.numel() for p in self.params],
             activations=[n for n, _, _ in acts], kinds=[k for _, _, k in acts],
-            is_weight=[p.ndim >= 2 for p in self.params])
+            is_weight=[i in set(self.weight_idx) for i in range(len(self.params))])
         self.probe = None
         self._handles: list[Any] = []
         self._step = 0
@@ -132,6 +135,7 @@ class TorchBackend:
         self._disabled: set[str] = set()
         self.n_host_reads = 0
         self._act_out: dict[int, int] = {}  # id(output tensor) -> activation index (this forward)
+        self._last_out = None  # weakref to the model's latest output (tells our loss from another model's)
         self.dist = None  # torch_dist.DistHelper: data-parallel ranks + gradient noise scale
         if optimizer is not None:
             self._bind_optimizer(optimizer)
@@ -200,7 +204,10 @@ class TorchBackend:
         if self._cur is None:
             if len(self._pending) >= self.cfg.flush_every:
                 self.flush()
-            self._cur = _Step(self._step, self._step % self.cfg.activation_every == 0)
+            # one sampled step per block of k, at a rotating offset (0, 11, 22, ...): a fixed
+            # phase would alias with periodic pipelines (alternating shards or tasks)
+            k = self.cfg.activation_every
+            self._cur = _Step(self._step, self._step % k == (self._step // k) % k)
         return self._cur
 
     # root forward: opens a step; inputs
@@ -223,6 +230,8 @@ class TorchBackend:
         return None
 
     def _root_post(self, module, args, output):
+        out = _first_tensor(output)
+        self._last_out = weakref.ref(out) if out is not None else None
         if not self._training() or self._cur is None or not self.cfg.capture_outputs:
             return None
         self._safe("outputs", self._output_stats, self._cur, output)
@@ -392,10 +401,14 @@ class TorchBackend:
             return
         loss = output.detach().reshape(())
         if not self._training():
+            if len(_ATTACHED) > 1 and not self._is_our_output(args[0] if args else None):
+                return
             # validation: accumulate on device, emitted at the next training step
             self._val_sum = loss.float() if self._val_sum is None else self._val_sum + loss.float()
             self._val_n += 1
             return
+        if len(_ATTACHED) > 1 and not self._is_our_output(args[0] if args else None):
+            return  # several probed models in one process (GAN, teacher-student): not this one's loss
         cur = self._current()
         kind = _kind_of(module, _LOSS_KINDS)
         if kind and not self.layout.loss_kind:
@@ -405,6 +418,11 @@ class TorchBackend:
         self._last_loss = output
         if cur.sampled and len(args) >= 2 and isinstance(args[1], torch.Tensor):
             self._target_stats(cur, args[1])
+
+    def _is_our_output(self, t) -> bool:
+        """Is ``t`` this model's last output, or a view of it (``out.view(-1)``, ``out[:, 0]``)?"""
+        ref = self._last_out() if self._last_out is not None else None
+        return isinstance(t, torch.Tensor) and ref is not None and (t is ref or t._base is ref)
 
     def _target_stats(self, cur: _Step, y: torch.Tensor) -> None:
         y = y.detach()
@@ -490,6 +508,8 @@ class TorchBackend:
                 put(i, f"act{j}", t)
         for k, (_, v) in enumerate(vals):
             put(-1 - k, "val", v)
+        if self.dist is not None:  # torch_dist.py: its device scalars ride in this flush's one copy
+            put(-1 - len(vals), "dist", self._safe("distributed", self.dist.take_tensors))
         host = np.zeros(0)
         if tensors:
             dev = tensors[0].device
@@ -503,7 +523,7 @@ class TorchBackend:
             val_points.append((st, float(got[(-1 - k, "val")][0]) if (-1 - k, "val") in got else float(v)))
         extra_rows: list = []
         if self.dist is not None:  # torch_dist.py: cross-rank merge (one gather per flush), noise scale rows
-            got_dist = self._safe("distributed", self.dist.on_flush, records)
+            got_dist = self._safe("distributed", self.dist.on_flush, records, got.get((-1 - len(vals), "dist")))
             if got_dist is not None:
                 records, extra_rows = got_dist
         if self.probe is not None:
