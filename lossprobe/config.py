@@ -17,6 +17,9 @@ class Config:
     # -- capture ----------------------------------------------------------
     flush_every: int = 20
     """Steps between host reads of the on-device statistics (the only sync point)."""
+    rules_every: int = 40
+    """Steps between rule evaluations (at a flush). A non-finite loss, gradient or input runs
+    the rules at once, so critical numeric faults are not delayed by this."""
     activation_every: int = 10
     """Activation statistics and update/weight ratios are measured every N steps."""
     window: int = 1024
@@ -25,6 +28,9 @@ class Config:
     """Per-layer series published to trackers: at most this many layers (first, last, evenly between)."""
     on_critical: str = "warn"
     """"warn" (default) logs; "raise" raises TrainingHealthError at the next step boundary."""
+    grad_sample: int = 4096
+    """Between full-statistics steps, gradient norms of tensors larger than this are estimated
+    from a strided sample of about this many elements (0: exact norms on every step)."""
     capture_outputs: bool = True
     capture_inputs: bool = True
 

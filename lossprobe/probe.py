@@ -17,6 +17,8 @@ import json
 import logging
 import math
 from pathlib import Path
+
+import numpy as np
 from typing import Any, Iterable
 
 from . import __version__
@@ -57,6 +59,7 @@ class Probe:
         self._backend = None
         self._closed = False
         self._warned: set[str] = set()
+        self._since_eval = 0
         self.sinks: list[Sink] = [resolve_sink(s) for s in (["console"] if sinks is None else sinks)]
 
     # -- lifecycle --------------------------------------------------------
@@ -154,7 +157,11 @@ class Probe:
         for step, v in val_points:
             self.history.add_val(step, v)
         previous = self._health
-        new = self._evaluate()
+        self._since_eval += len(records)
+        new: list[Finding] = []
+        if self._since_eval >= self.config.rules_every or _urgent(records):
+            self._since_eval = 0
+            new = self._evaluate()
         rows: list = []
         if any(getattr(s, "wants_metrics", True) for s in self.sinks):
             rows = metric_rows(records, self.layout, self.config.max_layer_metrics)
@@ -233,6 +240,18 @@ class Probe:
             log.warning("lossprobe: %s", msg)
             import warnings
             warnings.warn(f"lossprobe: {msg}", RuntimeWarning, stacklevel=3)
+
+
+def _urgent(records: list[StepRecord]) -> bool:
+    """A non-finite loss, gradient or input: run the rules now, not at the next rules_every."""
+    for r in records:
+        if (r.loss_seen and not math.isfinite(r.loss)) or (r.input_nonfinite > 0) or (
+                not math.isnan(r.grad_norm) and not math.isfinite(r.grad_norm)):
+            return True
+        if r.param_grad_norms.size and not np.isfinite(r.param_grad_norms[~r.param_grad_missing]).all():
+            if not np.isnan(r.param_grad_norms[~r.param_grad_missing]).all() or r.param_grad_missing.all():
+                return True
+    return False
 
 
 def _resolve_conflicts(dets: list[Detection]) -> list[Detection]:

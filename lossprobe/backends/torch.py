@@ -76,7 +76,7 @@ class _Step:
 
     __slots__ = ("step", "sampled", "losses", "grad_norms", "grad_idx", "missing", "x_sum", "x_stats",
                  "out_max", "out_stats", "t_stats", "batch", "acts", "upd", "pnorm", "lr", "bn_eval",
-                 "forwards", "auto_loss")
+                 "forwards", "auto_loss", "grad_scale")
 
     def __init__(self, step: int, sampled: bool):
         self.step, self.sampled = step, sampled
@@ -92,6 +92,7 @@ class _Step:
         self.bn_eval = math.nan
         self.forwards = 0
         self.auto_loss = False
+        self.grad_scale: np.ndarray | None = None
 
 
 class TorchBackend:
@@ -290,6 +291,14 @@ class TorchBackend:
 
     # -- on-device reductions -----------------------------------------------------
     def _read_grads(self, cur: _Step) -> None:
+        """Per-parameter gradient norms in one ``_foreach_norm`` call.
+
+        On full-statistics steps (every ``activation_every``) the norms are exact. In between,
+        a tensor larger than ``Config.grad_sample`` elements is read through a strided view of
+        about that many elements and its norm scaled by sqrt(n / n_sampled): the norm of a
+        large gradient costs a full pass over its memory (on a CPU as much as the optimizer's
+        own update), while its scale - what the rules read - is estimated well from a sample.
+        """
         grads, idx, missing = [], [], np.zeros(len(self.params), bool)
         for i, p in enumerate(self.params):
             g = p.grad
@@ -299,8 +308,24 @@ class TorchBackend:
                 grads.append(g.detach())
                 idx.append(i)
         cur.missing, cur.grad_idx = missing, idx
-        if grads:
+        if not grads:
+            return
+        budget = self.cfg.grad_sample
+        if cur.sampled or budget <= 0:
             cur.grad_norms = torch.stack(torch._foreach_norm(grads)).float()
+            return
+        views, scale = [], np.ones(len(grads))
+        for k, g in enumerate(grads):
+            n = g.numel()
+            if n > budget and g.is_contiguous() and not g.is_sparse:
+                stride = (n // budget) | 1  # odd: less likely to alias with a row length
+                v = g.view(-1)[::stride]
+                scale[k] = math.sqrt(n / v.numel())
+                views.append(v)
+            else:
+                views.append(g)
+        cur.grad_norms = torch.stack(torch._foreach_norm(views)).float()
+        cur.grad_scale = scale
 
     # Update/weight ratios are measured on a fixed random sample of at most UPDATE_SAMPLE
     # elements per weight tensor: |dW_S| / |W_S| estimates |dW| / |W| (numerator and
@@ -538,6 +563,8 @@ class TorchBackend:
             rec.loss, rec.loss_seen = float(np.mean([float(l) for l in s.losses])), 1.0
         if (i, "grad_norms") in got:
             g = got[(i, "grad_norms")]
+            if s.grad_scale is not None:
+                g = g * s.grad_scale
             rec.param_grad_norms = np.full(n_p, np.nan)
             rec.param_grad_norms[s.grad_idx] = g
             rec.grad_norm = float(np.sqrt(np.sum(g.astype(np.float64) ** 2)))

@@ -1,7 +1,9 @@
 """Data-parallel training and the gradient noise scale for the PyTorch backend.
 
-The torch backend calls :func:`setup` when it starts and :meth:`DistHelper.on_flush`
-once per flush; everything distributed lives here.
+The torch backend calls :func:`setup` when it starts and, once per flush,
+:meth:`DistHelper.take_tensors` (this module's device scalars join the backend's single
+device->host copy) and :meth:`DistHelper.on_flush` (cross-rank merge, noise-scale rows);
+everything distributed lives here.
 
 Under ``torch.distributed`` (DDP, ``torchrun``), attach on every rank, after
 ``init_process_group``, to the DDP-wrapped model or to its inner module::
@@ -41,7 +43,9 @@ The gradient noise scale B_simple (McCandlish et al. 2018) needs the squared gra
 norm at two batch sizes: under DDP, the per-rank batch (before the all-reduce) and the
 global batch (after it); on one device, the micro-batches of gradient accumulation
 (measured on the steps that sample activations, every ``activation_every``) and their
-sum. A step with one forward on one device has no second batch size: no estimate.
+sum. A step with one forward on one device has no second batch size: no estimate; nor
+does a step whose forwards and backward passes do not alternate (two forwards, one
+backward is not gradient accumulation).
 It is published as ``lossprobe/noise_scale`` (samples) next to
 ``lossprobe/noise_scale_batch`` (the effective batch), and :func:`noise_scale_summary`
 gives the batch-size advice.
@@ -157,7 +161,9 @@ class DistHelper:
         # one device: the noise scale from the micro-batches of gradient accumulation
         self.micro = self.noise_on and world == 1
         self.comm: _CommState | None = None
-        self.table = RankTable(world, window=getattr(cfg, "window", 1024)) if world > 1 else None
+        # the rank rules read the last curve_window steps: keep a little more, not the full window
+        # (memory grows with the number of ranks)
+        self.table = RankTable(world, window=max(2 * int(getattr(cfg, "curve_window", 60)), 128)) if world > 1 else None
         self.noise = NoiseScale(beta=float(extra.get("noise_scale_beta", 0.95)))
         self.noise.source = "ddp" if self.comm_hook_wanted else "micro-batches"
         self._handles: list[Any] = []

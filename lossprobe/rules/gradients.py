@@ -53,7 +53,10 @@ def vanishing_gradients(h, cfg):
         return None
     sizes = np.asarray(h.layout.param_sizes, float)
     rms = g[:, cols] / np.sqrt(np.maximum(sizes[cols], 1.0))  # per-element scale: size-free
-    first, last = rms[:, 0], rms[:, -1]
+    # the first and the last third of the weight layers, each by its median: one quiet tensor
+    # (a transformer's attention query at init, say) does not make a whole network "vanish"
+    k = max(1, cols.size // 3)
+    first, last = np.median(rms[:, :k], axis=1), np.median(rms[:, -k:], axis=1)
     ok = np.isfinite(first) & np.isfinite(last) & (last > 0)
     if ok.sum() < cfg.warmup_steps // 2:
         return None
@@ -65,6 +68,7 @@ def vanishing_gradients(h, cfg):
     onset = int(h.steps()[ok][int(np.argmax(ratio < cfg.vanish_ratio))])
     return Detection("vanishing_gradients", onset, {
         "first_layer": h.layout.params[cols[0]], "last_layer": h.layout.params[cols[-1]],
+        "layers_compared_each_end": int(k),
         "rms_grad_ratio_first_to_last": med, "threshold": cfg.vanish_ratio})
 
 
