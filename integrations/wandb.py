@@ -97,6 +97,7 @@ class WandbSink(Sink):
     """
 
     name = "wandb"
+    on_training_thread = True  # shares wandb.run's step counter with the user's own wandb.log calls
 
     def __init__(self, project: str | None = None, mode: str | None = None, run: Any = None, *,
                  alert: bool | str = "online", report: bool = True, layer_charts: bool = True,

@@ -13,9 +13,13 @@ Example::
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import math
+import queue
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +54,8 @@ class Probe:
     def __init__(self, layout: Layout, config: Config | None = None, sinks: Iterable[Sink | str] | None = None):
         self.config = config or Config()
         self.layout = layout
-        self.history = History(layout, window=self.config.window)
+        self._history = History(layout, window=self.config.window)
+        self._worker = _Worker(self) if self.config.background else None
         self._runner = RuleRunner()
         self._findings: dict[str, Finding] = {}
         self._health = "healthy"
@@ -60,6 +65,7 @@ class Probe:
         self._closed = False
         self._warned: set[str] = set()
         self._since_eval = 0
+        self._main_calls: collections.deque = collections.deque()
         self.sinks: list[Sink] = [resolve_sink(s) for s in (["console"] if sinks is None else sinks)]
 
     # -- lifecycle --------------------------------------------------------
@@ -85,10 +91,30 @@ class Probe:
                 self._guard("backend finish", self._backend.finish)
             self._guard("backend flush", self._backend.flush)
             self._guard("backend detach", self._backend.detach)
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
+        self._deliver()
         self._evaluate(final=True)
         final = FinalReport(self.report(), self.html(), self.findings, self.health, self.tags())
         for sink in list(self.sinks):
             self._call_sink(sink, "close", final)
+
+    @property
+    def history(self) -> History:
+        """The bounded history (waits for pending flush work first, so it is current)."""
+        self._drain()
+        return self._history
+
+    @history.setter
+    def history(self, value: History) -> None:
+        self._drain()
+        self._history = value
+
+    def _drain(self) -> None:
+        w = self._worker
+        if w is not None and threading.current_thread() is not w.thread:
+            w.drain()
 
     # -- user-facing ---------------------------------------------------------
     def observe(self, loss: Any = None, *, targets: Any = None, val_loss: Any = None,
@@ -111,15 +137,18 @@ class Probe:
 
     @property
     def findings(self) -> list[Finding]:
+        self._drain()
         return sorted(self._findings.values(), key=lambda f: (-SEVERITY_RANK[f.severity], f.step, f.code))
 
     @property
     def health(self) -> str:
+        self._drain()
         return self._health
 
     @property
     def step(self) -> int:
-        return self.history.last_step if self.history.last_step is not None else -1
+        h = self.history
+        return h.last_step if h.last_step is not None else -1
 
     def tags(self) -> dict[str, str]:
         return tracker_tags(self.findings, self.health, self.layout.framework, __version__)
@@ -148,14 +177,30 @@ class Probe:
     # -- called by backends ----------------------------------------------------
     def _ingest(self, records: list[StepRecord], val_points: list[tuple[int, float]] = (),
                 extra_rows: list[tuple[int, dict[str, float]]] = ()) -> None:
+        """A flush from a backend: processed on the probe's worker thread (or inline)."""
+        self._submit(self._process, records, val_points, extra_rows)
+
+    def _submit(self, fn, *args) -> None:
+        """Run host-side flush work (decoding, rules, sinks) off the training thread.
+
+        The device->host copy has already happened on the training thread; what is left is
+        numpy and Python, which the worker overlaps with the next steps' device compute."""
+        w = self._worker
+        if w is not None and threading.current_thread() is not w.thread:
+            w.submit(fn, *args)
+        else:
+            self._guard("flush processing", fn, *args)
+
+    def _process(self, records: list[StepRecord], val_points: list[tuple[int, float]] = (),
+                 extra_rows: list[tuple[int, dict[str, float]]] = ()) -> None:
         """A flush: append host records, run the rules, publish. Never raises into training.
 
         ``extra_rows``: (step, {"lossprobe/<name>": value}) metrics a backend measured beyond
         the StepRecord (e.g. the gradient noise scale); merged into the rows of their step."""
         for rec in records:
-            self.history.append(rec)
+            self._history.append(rec)
         for step, v in val_points:
-            self.history.add_val(step, v)
+            self._history.add_val(step, v)
         previous = self._health
         self._since_eval += len(records)
         new: list[Finding] = []
@@ -176,21 +221,36 @@ class Probe:
                     rows.append((int(step), dict(m)))
         update = FlushUpdate(rows, self.findings, new, self._health, previous, self.tags(),
                              self.step)
+        on_worker = self._worker is not None and threading.current_thread() is self._worker.thread
         for sink in list(self.sinks):
-            self._call_sink(sink, "on_flush", update)
+            if on_worker and getattr(sink, "on_training_thread", False):
+                self._main_calls.append((sink, "on_flush", update))  # delivered at the next step boundary
+            else:
+                self._call_sink(sink, "on_flush", update)
+
+    def _deliver(self) -> None:
+        """On the training thread: hand sinks that must not be called from another thread
+        (W&B's step counter is shared with the user's own wandb.log) their queued updates."""
+        while self._main_calls:
+            sink, method, arg = self._main_calls.popleft()
+            if sink in self.sinks:
+                self._call_sink(sink, method, arg)
 
     def _boundary(self) -> None:
-        """Called by backends at each step boundary: raises a pending TrainingHealthError."""
+        """Called by backends at each step boundary (training thread): delivers queued sink
+        updates and raises a pending TrainingHealthError."""
+        if self._main_calls:
+            self._deliver()
         if self._pending_raise:
             pending, self._pending_raise = self._pending_raise, []
             raise TrainingHealthError(pending)
 
     # -- internals ---------------------------------------------------------
     def _evaluate(self, final: bool = False) -> list[Finding]:
-        if self.history.n_steps == 0:
+        if self._history.n_steps == 0:
             return []
         try:
-            dets = self._runner.run(self.history, self.config)
+            dets = self._runner.run(self._history, self.config)
         except Exception as exc:  # pragma: no cover - RuleRunner already guards each rule
             self._warn_once("rules", f"rule evaluation failed: {exc}")
             return []
@@ -200,7 +260,7 @@ class Probe:
         for det in dets:
             fired.add(det.code)
             if det.code in self._findings:
-                self._findings[det.code].update(det, self.history.last_step)
+                self._findings[det.code].update(det, self._history.last_step)
             else:
                 f = Finding.from_detection(det)
                 self._findings[det.code] = f
@@ -240,6 +300,47 @@ class Probe:
             log.warning("lossprobe: %s", msg)
             import warnings
             warnings.warn(f"lossprobe: {msg}", RuntimeWarning, stacklevel=3)
+
+
+class _Worker:
+    """One daemon thread that runs flush processing in order. ``drain()`` waits until all
+    submitted work is done (bounded: a stuck sink cannot hang training for ever)."""
+
+    def __init__(self, probe: "Probe", drain_timeout: float = 60.0):
+        self.probe = probe
+        self.queue: queue.Queue = queue.Queue()
+        self.drain_timeout = drain_timeout
+        self.thread = threading.Thread(target=self._run, name="lossprobe-flush", daemon=True)
+        self.thread.start()
+
+    def submit(self, fn, *args) -> None:
+        self.queue.put((fn, args))
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            try:
+                if item is None:
+                    return
+                fn, args = item
+                self.probe._guard("flush processing", fn, *args)
+            finally:
+                self.queue.task_done()
+
+    def drain(self) -> None:
+        deadline = time.monotonic() + self.drain_timeout
+        with self.queue.all_tasks_done:
+            while self.queue.unfinished_tasks:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.probe._warn_once("drain", "flush processing is taking too long; reading what is done")
+                    return
+                self.queue.all_tasks_done.wait(min(left, 0.5))
+
+    def stop(self) -> None:
+        self.drain()
+        self.queue.put(None)
+        self.thread.join(timeout=5)
 
 
 def _urgent(records: list[StepRecord]) -> bool:

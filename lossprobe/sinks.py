@@ -60,6 +60,7 @@ class Sink:
 
     name = "sink"
     wants_metrics = True  # False: the probe skips building metric rows for this sink
+    on_training_thread = False  # True: on_flush is called on the training thread, at a step boundary
 
     def open(self, info: RunInfo) -> None:
         pass

@@ -213,6 +213,8 @@ class TorchBackend:
 
     # root forward: opens a step; inputs
     def _root_pre(self, module, args, kwargs):
+        if self.probe is not None and self.probe._main_calls:
+            self.probe._deliver()  # queued sink updates that must run on this thread
         if not self._training():
             return None
         if self.optimizer is None and self._cur is not None and self._cur.forwards > 0 and self._cur.grad_norms is None:
@@ -305,27 +307,31 @@ class TorchBackend:
             if g is None:
                 missing[i] = True
             else:
-                grads.append(g.detach())
+                grads.append(g)
                 idx.append(i)
         cur.missing, cur.grad_idx = missing, idx
         if not grads:
             return
         budget = self.cfg.grad_sample
         if cur.sampled or budget <= 0:
-            cur.grad_norms = torch.stack(torch._foreach_norm(grads)).float()
+            cur.grad_norms = torch._foreach_norm(grads)
             return
         views, scale = [], np.ones(len(grads))
+        blocks = max(1, min(self.GRAD_BLOCKS, budget))
+        width = max(1, budget // blocks)
         for k, g in enumerate(grads):
             n = g.numel()
-            if n > budget and g.is_contiguous() and not g.is_sparse:
-                stride = (n // budget) | 1  # odd: less likely to alias with a row length
-                v = g.view(-1)[::stride]
-                scale[k] = math.sqrt(n / v.numel())
-                views.append(v)
+            if n > budget and g.layout == torch.strided and g.is_contiguous():
+                # `blocks` contiguous runs of `width` elements spread evenly over the tensor:
+                # a few cache lines each, where a strided sample touches a line per element
+                views.append(g.as_strided((blocks, width), (n // blocks, 1), g.storage_offset()))
+                scale[k] = math.sqrt(n / (blocks * width))
             else:
                 views.append(g)
-        cur.grad_norms = torch.stack(torch._foreach_norm(views)).float()
+        cur.grad_norms = torch._foreach_norm(views)  # 0-d tensors, stacked at the flush
         cur.grad_scale = scale
+
+    GRAD_BLOCKS = 16  # contiguous runs per sampled gradient tensor
 
     # Update/weight ratios are measured on a fixed random sample of at most UPDATE_SAMPLE
     # elements per weight tensor: |dW_S| / |W_S| estimates |dW| / |W| (numerator and
@@ -388,8 +394,8 @@ class TorchBackend:
         if j is not None and self.layout.kinds[j] in ("sigmoid", "tanh", "softmax"):
             self.layout.kinds[j] = "output"  # a bounded output layer saturating is the prediction, not a fault
         o = out.detach()
-        cur.out_max = o.abs().amax().float()
         if cur.sampled:
+            cur.out_max = torch.linalg.vector_norm(o, ord=math.inf)  # max |logit| in one op
             of = o.float()
             if of.ndim >= 2 and of.shape[-1] >= 2:
                 o2 = of.reshape(-1, of.shape[-1])
@@ -424,7 +430,7 @@ class TorchBackend:
     def _capture_loss(self, module, args, output) -> None:
         if not isinstance(output, torch.Tensor) or output.numel() != 1:
             return
-        loss = output.detach().reshape(())
+        loss = output.detach()
         if not self._training():
             if len(_ATTACHED) > 1 and not self._is_our_output(args[0] if args else None):
                 return
@@ -503,23 +509,39 @@ class TorchBackend:
         vals, self._val_pending = self._val_pending, []
         if not steps and not vals:
             return
-        tensors: list[torch.Tensor] = []
-        slots: list[tuple[int, str, int, int]] = []  # (step index, field, start, length)
-        offset = 0
+        # Every single-number statistic of every pending step goes into one torch.stack, the
+        # vectors into one torch.cat: a flush costs a handful of ops, not one per step and field.
+        scalars: list[torch.Tensor] = []
+        vectors: list[torch.Tensor] = []
+        s_slots: list[tuple[int, str, int, int]] = []  # (step index, field, start, length)
+        v_slots: list[tuple[int, str, int, int]] = []
+        v_offset = 0
 
         def put(i: int, name: str, t) -> None:
-            nonlocal offset
+            nonlocal v_offset
+            if isinstance(t, (list, tuple)):
+                if t and all(isinstance(x, torch.Tensor) and x.dim() == 0 for x in t):
+                    s_slots.append((i, name, len(scalars), len(t)))
+                    scalars.extend(t)
+                    return
+                if not t:
+                    return
+                t = torch.stack([x.reshape(()) for x in t])
             if isinstance(t, torch.Tensor):
-                t = t.reshape(-1)
-                n = t.numel()
-                tensors.append(t)
-                slots.append((i, name, offset, n))
-                offset += n
+                if t.numel() == 1:
+                    s_slots.append((i, name, len(scalars), 1))
+                    scalars.append(t if t.dim() == 0 else t.reshape(()))
+                else:
+                    t = t.reshape(-1)
+                    v_slots.append((i, name, v_offset, t.numel()))
+                    vectors.append(t)
+                    v_offset += t.numel()
 
         for i, s in enumerate(steps):
-            if s.losses:
-                put(i, "loss", torch.stack([l if isinstance(l, torch.Tensor) else torch.tensor(l) for l in s.losses]).float().mean()
-                    if all(isinstance(l, torch.Tensor) for l in s.losses) else None)
+            if len(s.losses) == 1 and isinstance(s.losses[0], torch.Tensor):
+                put(i, "loss", s.losses[0])
+            elif s.losses and all(isinstance(l, torch.Tensor) for l in s.losses):  # accumulation: mean
+                put(i, "loss", torch.stack([l.reshape(()).float() for l in s.losses]).mean())
             put(i, "grad_norms", s.grad_norms)
             put(i, "x_sum", s.x_sum)
             put(i, "x_stats", s.x_stats)
@@ -536,11 +558,22 @@ class TorchBackend:
         if self.dist is not None:  # torch_dist.py: its device scalars ride in this flush's one copy
             put(-1 - len(vals), "dist", self._safe("distributed", self.dist.take_tensors))
         host = np.zeros(0)
-        if tensors:
-            dev = tensors[0].device
-            flat = torch.cat([t.to(dev, torch.float32, non_blocking=True) for t in tensors])
+        n_s = len(scalars)
+        slots = s_slots + [(i, n, n_s + a, l) for i, n, a, l in v_slots]
+        if scalars or vectors:
+            dev = (scalars or vectors)[0].device
+            parts = ([torch.stack([t.to(dev, torch.float32) for t in scalars])] if scalars else []) + \
+                [t.to(dev, torch.float32) for t in vectors]
+            flat = parts[0] if len(parts) == 1 else torch.cat(parts)
             host = flat.cpu().numpy()  # the single device->host copy of this flush
             self.n_host_reads += 1
+        if self.dist is not None or self.probe is None:
+            self._finish_flush(steps, slots, host, vals)  # collectives stay on the training thread
+        else:
+            self.probe._submit(self._finish_flush, steps, slots, host, vals)
+
+    def _finish_flush(self, steps, slots, host, vals) -> None:
+        """Host side of a flush (numpy only): decode StepRecords and hand them to the probe."""
         got: dict[tuple[int, str], np.ndarray] = {(i, n): host[a:a + l] for i, n, a, l in slots}
         records = [self._decode(i, s, got) for i, s in enumerate(steps)]
         val_points = []

@@ -59,7 +59,21 @@ def _loss_trend(h, cfg, min_points):
     start, level = thirds(y)
     _, z = theil_sen(t, y)
     rel = (level - start) / abs(start) if start else 0.0
-    return Trend(t, y, level, start, rel, z, h.initial_loss)
+    return Trend(t, y, level, start, rel, z, _reference_loss(h))
+
+
+def _reference_loss(h) -> float:
+    """What "still high" is measured against: the run's first loss, or for a classifier the
+    loss of an untrained one, ln(C), when that is higher. A fine-tuned or resumed classifier
+    starts far below ln(C): judged against its own start, its mini-batch noise looks like a
+    plateau or a zig-zag at a "high" level."""
+    init = h.initial_loss
+    c = chance_classes(h)
+    if h.layout.loss_kind in ("bce", "bce_logits"):
+        c = 2
+    if c >= 2 and h.layout.loss_kind in ("cross_entropy", "nll", "bce", "bce_logits") and math.isfinite(init) and init >= 0:
+        return max(init, math.log(c))
+    return init
 
 
 def is_converged(tr: Trend, h, cfg) -> bool:
@@ -97,7 +111,11 @@ def chance_level_loss(h, cfg):
     for k in candidates:
         ref = math.log(k)
         near = np.abs(tr.loss - ref) <= cfg.chance_tolerance * ref
-        if near.mean() >= 0.9 and not tr.falling:
+        # the medians of the window's first and last third both at ln(C): per-point tests
+        # fail on mini-batch noise (a batch of 64 at chance scatters by a few %)
+        first, last = thirds(tr.loss)
+        at_chance = max(abs(first - ref), abs(last - ref)) <= cfg.chance_tolerance * ref
+        if at_chance and not tr.falling:
             onset = int(tr.steps[int(np.argmax(near))])
             return Detection("chance_level_loss", onset, {
                 "loss": tr.level, "ln_C": round(ref, 4), "classes": k,
@@ -117,6 +135,10 @@ def loss_plateau(h, cfg):
         return None
     if _oscillating(tr, cfg):
         return None  # big zig-zag: reported as loss_oscillation
+    from .validation import _paired, _rel
+    p = _paired(h, cfg)
+    if p is not None and _rel(p[1]) <= -0.05:
+        return None  # validation still falls by >= 5%: still learning, the train curve is just noisy
     return Detection("loss_plateau", int(tr.steps[0]), {
         "loss": tr.level, "initial_loss": tr.initial, "relative_change_over_window": tr.rel_change,
         "window_steps": int(tr.steps[-1] - tr.steps[0])},
@@ -151,9 +173,16 @@ def loss_spike(h, cfg):
     win = np.lib.stride_tricks.sliding_window_view(y[:-1], w)        # win[k] = y[k : k + w]
     med = np.median(win, axis=1)
     sig = MAD_TO_SIGMA * np.median(np.abs(win - med[:, None]), axis=1)
+    top = win.max(axis=1) - med  # the largest excursion the preceding window itself produced
     cur = y[w:]
     jump = cur - med
-    hit = (jump > cfg.spike_mad * np.maximum(sig, 1e-12)) & (cur > 2 * np.abs(med)) & (jump > 0.1 * scale)
+    # A spike is something the recent run has not produced at all: at least 4x the largest
+    # excursion of the last w steps (mini-batch losses have a heavy upper tail: the hardest
+    # batch of 30 sits far above the median, and one twice as high is that tail, not a break),
+    # and at least half the initial loss (one batch that costs half of what an untrained model
+    # scores; a healthy run late in training has single hard batches of ~20% of that).
+    hit = ((jump > cfg.spike_mad * np.maximum(sig, 1e-12)) & (cur > 2 * np.abs(med))
+           & (jump > 0.5 * scale) & (jump >= 4.0 * top))
     if not hit.any():
         return None
     k = int(np.argmax(hit))

@@ -36,30 +36,57 @@ def expected_distinct(classes: int, batch: float) -> float:
     return classes * (1 - (1 - 1 / classes) ** batch)
 
 
+# Target statistics are sampled (every ``activation_every`` steps); this many sampled
+# batches are enough for the order test below, whose two sides differ by a large factor.
+MIN_TARGET_SAMPLES = 4
+# Below this many targets per batch the range of a shuffled batch is itself too noisy.
+MIN_BATCH = 8
+
+
+# Share of pairs of sampled batches whose target ranges do not overlap, above which the
+# data arrives in order. For shuffled batches of B >= 8 it is ~0: two random batches of 8
+# have disjoint ranges with probability 2 / C(16, 8) ~ 1.6e-4 for a continuous target and
+# never when one class dominates (every batch contains it). Sorted data makes most pairs
+# disjoint (one class or one thin slice per batch); a quarter is far from both.
+DISJOINT_SHARE = 0.25
+
+
 @rule("unshuffled_data")
 def unshuffled_data(h, cfg):
-    if h.n_steps < cfg.warmup_steps:
+    """Batches that cover disjoint parts of the target range: the data arrives in order.
+
+    Each sampled batch gives the smallest and largest target (``target_min/max``). A
+    shuffled batch is a small random sample of the whole data set, so any two batches'
+    ranges overlap. Data sorted by label (or by a regression target, or read shard by
+    shard) gives batches that hold one class or a thin slice of the target, and different
+    batches hold different slices: their ranges are disjoint. The rule counts the pairs of
+    sampled batches with disjoint ranges. It needs no class count and no balance
+    assumption (with imbalanced shuffled data all batches share the majority class), and
+    works for class indices, 0/1 float targets and regression targets alike.
+    """
+    if h.n_steps < cfg.warmup_steps // 2:
         return None
-    idx, _ = _recent(h, "target_is_index", 100)
-    if idx.size == 0 or np.median(idx) < 1:
+    lo, t = _recent(h, "target_min", 30)
+    hi, _ = _recent(h, "target_max", 30)
+    if lo.size < MIN_TARGET_SAMPLES or lo.size != hi.size:
         return None
-    distinct, t = _recent(h, "target_distinct", 100)
-    batch, _ = _recent(h, "batch_size", 100)
-    tmax, _ = _recent(h, "target_max", 1000)
-    tmin, _ = _recent(h, "target_min", 1000)
-    if distinct.size < cfg.warmup_steps or batch.size == 0:
+    batch, _ = _recent(h, "batch_size", 30)
+    if batch.size and float(np.median(batch)) < MIN_BATCH:
         return None
-    classes = max(int(h.layout.n_classes or 0), int(np.max(tmax) - np.min(tmin) + 1))
-    if classes < 2:
+    i, j = np.triu_indices(lo.size, 1)
+    disjoint = (hi[i] < lo[j]) | (hi[j] < lo[i])
+    share = float(np.mean(disjoint))
+    if share < DISJOINT_SHARE:
         return None
-    expect = expected_distinct(classes, float(np.median(batch)))
-    seen_overall = int(np.max(tmax) - np.min(tmin) + 1)
-    ratio = float(np.median(distinct)) / expect
-    if ratio >= cfg.unshuffled_ratio or seen_overall < 2:
-        return None
-    return Detection("unshuffled_data", int(t[0]), {
-        "distinct_labels_per_batch": float(np.median(distinct)), "expected_if_shuffled": round(expect, 2),
-        "classes": classes, "batch_size": float(np.median(batch))})
+    evidence = {"disjoint_batch_pairs": round(share, 3), "batch_target_width": float(np.median(hi - lo)),
+                "target_range_seen": float(np.max(hi) - np.min(lo)), "sampled_batches": int(lo.size)}
+    idx, _ = _recent(h, "target_is_index", 30)
+    distinct, _ = _recent(h, "target_distinct", 30)
+    classes = max(int(h.layout.n_classes or 0), int(np.max(hi) - np.min(lo) + 1))
+    if idx.size and np.median(idx) >= 1 and distinct.size and batch.size and classes >= 2:
+        evidence["distinct_labels_per_batch"] = float(np.median(distinct))
+        evidence["expected_if_shuffled"] = round(expected_distinct(classes, float(np.median(batch))), 2)
+    return Detection("unshuffled_data", int(t[0]), evidence)
 
 
 @rule("label_problem")
@@ -68,7 +95,7 @@ def label_problem(h, cfg):
         return None
     tmin, t = _recent(h, "target_min")
     tmax, _ = _recent(h, "target_max")
-    if tmin.size < 3:
+    if tmin.size < 2:
         return None
     lo, hi = float(np.min(tmin)), float(np.max(tmax))
     kind = h.layout.loss_kind
@@ -80,7 +107,8 @@ def label_problem(h, cfg):
         problem = "binary targets outside [0, 1]"
     elif is_index and c >= 2 and (lo < 0 or hi >= c):
         problem = f"class indices outside 0..{c - 1}"
-    elif (is_index or kind in ("cross_entropy", "nll", "bce", "bce_logits")) and h.n_steps >= cfg.warmup_steps and lo == hi:
+    elif (is_index or kind in ("cross_entropy", "nll", "bce", "bce_logits")) and tmin.size >= MIN_TARGET_SAMPLES \
+            and h.n_steps >= cfg.warmup_steps and lo == hi:
         problem = "every target has the same value"
     if problem is None:
         return None

@@ -11,51 +11,134 @@ from ..findings import Detection
 from . import rule
 from .curves import is_converged, loss_trend
 from .gradients import _weight_columns
+from .stats import theil_sen, thirds
+
+# The optimizer rules judge "is the loss still falling" on the last 30 losses rather than
+# the curve rules' 60: their main evidence (the update/weight ratio, the weight norms) is
+# strong on its own, the loss only gates it, and 30 points are plenty for a Theil-Sen
+# slope (its z-score is against the residuals' own robust spread).
+RECENT = 30
 
 
-def _update_ratio(h):
+def _stalled(h, cfg):
+    """(stalled, level, initial, rel_change, first step of the window) over the last RECENT
+    losses; None during warm-up. Stalled: no significant fall of at least 1%."""
+    loss, seen, steps = h.series("loss"), h.series("loss_seen") > 0, h.steps()
+    ok = seen & np.isfinite(loss)
+    if ok.sum() < max(cfg.warmup_steps, 8) or not np.isfinite(h.initial_loss):
+        return None
+    y, t = loss[ok][-RECENT:], steps[ok][-RECENT:].astype(float)
+    start, level = thirds(y)
+    rel = (level - start) / abs(start) if start else 0.0
+    _, z = theil_sen(t, y)
+    falling = z <= -cfg.trend_z and rel < -0.01
+    return (not falling), level, float(h.initial_loss), rel, int(t[0])
+
+
+def _update_ratio(h, live_only: bool = False):
+    """Per sampled step: the median update/weight ratio over weight tensors.
+
+    ``live_only``: only tensors that are trained (in the optimizer, when known) and got a
+    non-zero gradient on that step; a ratio of exactly 0 there means the update fell below
+    fp32 resolution of the weight, i.e. it is tiny, not absent.
+    """
     u = h.matrix("update_ratios")
     if u.size == 0:
         return None, None
     cols = _weight_columns(h)
     u = u[:, cols]
-    rows = np.isfinite(u).all(axis=1)
-    if rows.sum() < 3:
+    steps = h.steps()
+    if live_only:
+        g = np.nan_to_num(h.matrix("param_grad_norms")[:, cols], nan=0.0)
+        live = g > 0
+        if h.layout.in_optimizer is not None:
+            live &= np.asarray(h.layout.in_optimizer, bool)[cols][None, :]
+        u = np.where(live, u, np.nan)
+    sampled = np.isfinite(u).any(axis=1)
+    if sampled.sum() < 3:
         return None, None
-    per_step = np.median(u[rows], axis=1)
-    return per_step, h.steps()[rows]
+    return np.nanmedian(u[sampled], axis=1), steps[sampled]
+
+
+def _norm_drift(h):
+    """Per interval between sampled steps: |d log ||W||| per step, median over weight tensors.
+
+    Since | ||W_b|| - ||W_a|| | <= ||W_b - W_a|| <= sum of the step updates, this is a lower
+    bound on the mean update/weight ratio over the interval (exact when the updates keep one
+    direction). It sees what a one-step ratio can miss: an adaptive optimizer with a huge lr
+    inflates the weights, after which each step looks small next to them.
+    """
+    p = h.matrix("param_norms")
+    if p.size == 0:
+        return None, None
+    cols = _weight_columns(h)
+    p = p[:, cols]
+    rows = np.flatnonzero(np.isfinite(p).all(axis=1) & (p > 0).all(axis=1))
+    if rows.size < 2:
+        return None, None
+    steps = h.steps()[rows]
+    dt = np.diff(steps).astype(float)
+    drift = np.abs(np.diff(np.log(p[rows]), axis=0)) / np.maximum(dt, 1.0)[:, None]
+    return np.median(drift, axis=1), steps[1:]
 
 
 @rule("learning_rate_too_high")
 def learning_rate_too_high(h, cfg):
+    """Weights that move by more than ``update_ratio_high`` (0.1) of their size per step.
+
+    Two measurements of the same quantity: the update/weight ratio of a sampled step
+    (median over weight tensors, over the last 10 samples: a sustained regime), and the
+    per-step drift of the weight norms over a whole sampling interval (a lower bound on
+    the mean ratio over those steps, see :func:`_norm_drift`). Healthy training sits near
+    1e-3; 0.1 means a tenth of every weight replaced each step, for ten steps in a row in
+    the second case, which no optimizer setting that converges does.
+    """
     if h.n_steps < cfg.warmup_steps:
         return None
+    thr = cfg.update_ratio_high
     r, t = _update_ratio(h)
-    if r is None:
+    d, td = _norm_drift(h)
+    evidence = {"threshold": thr, "healthy_around": 1e-3, "lr": _lr(h)}
+    onset = None
+    if r is not None and float(np.median(r[-10:])) > thr:
+        evidence["update_to_weight_ratio"] = float(np.median(r[-10:]))
+        onset = int(t[int(np.argmax(r > thr))])
+    if d is not None and (d > thr).any():
+        k = int(np.argmax(d > thr))
+        evidence["weight_norm_change_per_step"] = float(d[k])
+        evidence["weight_norm_change_at_step"] = int(td[k])
+        start = int(td[k - 1]) if k > 0 else int(h.first_step or 0)
+        onset = start if onset is None else min(onset, start)
+        if r is not None:
+            evidence.setdefault("update_to_weight_ratio", float(np.max(r)))
+    if onset is None:
         return None
-    recent = r[-10:]
-    med = float(np.median(recent))
-    if med <= cfg.update_ratio_high:
-        return None
-    return Detection("learning_rate_too_high", int(t[int(np.argmax(r > cfg.update_ratio_high))]), {
-        "update_to_weight_ratio": med, "threshold": cfg.update_ratio_high, "healthy_around": 1e-3,
-        "lr": _lr(h)})
+    return Detection("learning_rate_too_high", onset, evidence)
 
 
 @rule("learning_rate_too_low")
 def learning_rate_too_low(h, cfg):
-    tr = loss_trend(h, cfg)
-    if tr is None or tr.falling or is_converged(tr, h, cfg):
+    """Trained weights that move by less than ``update_ratio_low`` (1e-5) of their size per
+    step while the loss is not falling. Only tensors that got a gradient count: a dead or
+    frozen part of the model is another diagnosis, not a small learning rate."""
+    st = _stalled(h, cfg)
+    if st is None or not st[0]:
         return None
-    r, t = _update_ratio(h)
+    tr = loss_trend(h, cfg)
+    if tr is not None and is_converged(tr, h, cfg):
+        return None
+    r, t = _update_ratio(h, live_only=True)
     if r is None:
         return None
     med = float(np.median(r[-10:]))
-    if not (0 < med < cfg.update_ratio_low):
+    if not med < cfg.update_ratio_low:
         return None
-    return Detection("learning_rate_too_low", int(t[0]), {
+    low = r < cfg.update_ratio_low
+    # onset: the start of the current run of low ratios
+    k = int(np.flatnonzero(~low)[-1]) + 1 if (~low).any() else 0
+    return Detection("learning_rate_too_low", int(t[min(k, len(t) - 1)]), {
         "update_to_weight_ratio": med, "threshold": cfg.update_ratio_low, "healthy_around": 1e-3,
-        "lr": _lr(h), "loss_change_over_window": tr.rel_change})
+        "lr": _lr(h), "loss_change_over_window": st[3]})
 
 
 def _lr(h):
@@ -66,8 +149,15 @@ def _lr(h):
 
 @rule("over_regularization")
 def over_regularization(h, cfg):
-    tr = loss_trend(h, cfg)
-    if tr is None or tr.falling or not tr.high(cfg.plateau_high):
+    """Weights shrank by >= ``shrink_fraction`` (30%) of their starting norm while the loss has
+    stopped falling above ``plateau_high`` (30%) of its initial value: the penalty, not the
+    data, is deciding where the weights go. (Healthy training grows or keeps the weight norms;
+    plain SGD without decay cannot shrink them by a third while the loss is stuck.)"""
+    st = _stalled(h, cfg)
+    if st is None or not st[0]:
+        return None
+    stalled, level, initial, rel, start_step = st
+    if not abs(level) > cfg.plateau_high * abs(initial):
         return None
     p = h.matrix("param_norms")
     cols = _weight_columns(h)
@@ -80,6 +170,6 @@ def over_regularization(h, cfg):
     now = float(np.sqrt(np.sum(p[rows[-1], cols] ** 2)))
     if start <= 0 or now / start > 1 - cfg.shrink_fraction:
         return None
-    return Detection("over_regularization", int(tr.steps[0]), {
+    return Detection("over_regularization", start_step, {
         "weight_norm_start": start, "weight_norm_now": now, "shrunk_by": 1 - now / start,
-        "loss": tr.level, "initial_loss": tr.initial})
+        "loss": level, "initial_loss": initial})
