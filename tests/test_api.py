@@ -278,3 +278,19 @@ def test_two_probed_models_in_one_process_keep_their_own_losses():
     pa.detach(); pb.detach()
     assert pa.history.series("loss") == pytest.approx(la, rel=1e-5)
     assert pb.history.series("loss") == pytest.approx(lb, rel=1e-5)  # the loss module output, before x10
+
+
+def test_eval_mode_forward_without_no_grad_is_validation_unless_an_optimizer_step_follows():
+    model = mlp()
+    loss_fn = nn.CrossEntropyLoss()
+    with lossprobe.attach(model, sinks=[]) as probe:
+        opt = _loop(model, steps=10)
+        model.eval()                                   # validation, but grad left enabled
+        v = [loss_fn(model(X[-200 + 50 * k:-150 + 50 * k]), Y[-200 + 50 * k:-150 + 50 * k]).item() for k in range(3)]
+        model.train()
+        _loop(model, steps=10, opt=opt)
+        model.eval()                                   # validation again ... and a forgotten model.train()
+        _loop(model, steps=10, opt=opt)                # these still train: optimizer.step() follows
+    assert probe.history.n_steps == 30
+    vs, vl = probe.history.val_sketch()
+    assert len(vl) == 1 and vl[0] == pytest.approx(sum(v) / 3, rel=1e-5)

@@ -76,7 +76,7 @@ class _Step:
 
     __slots__ = ("step", "sampled", "losses", "grad_norms", "grad_idx", "missing", "x_sum", "x_stats",
                  "out_max", "out_stats", "t_stats", "batch", "acts", "upd", "pnorm", "lr", "bn_eval",
-                 "forwards", "auto_loss", "grad_scale")
+                 "forwards", "auto_loss", "grad_scale", "tentative")
 
     def __init__(self, step: int, sampled: bool):
         self.step, self.sampled = step, sampled
@@ -93,6 +93,7 @@ class _Step:
         self.forwards = 0
         self.auto_loss = False
         self.grad_scale: np.ndarray | None = None
+        self.tentative = False
 
 
 class TorchBackend:
@@ -170,6 +171,9 @@ class TorchBackend:
     def finish(self) -> None:
         """At detach: a step that ran forward but saw no optimizer.step() still counts."""
         cur = self._cur
+        if cur is not None and cur.tentative and cur.grad_norms is None:
+            self._demote(cur)
+            return
         if cur is not None and cur.forwards > 0:
             if cur.grad_norms is None:
                 self._safe("gradients", self._read_grads, cur)
@@ -199,7 +203,19 @@ class TorchBackend:
             return None
 
     def _training(self) -> bool:
-        return torch.is_grad_enabled() and self.model.training
+        """Could this forward/loss be a training step? Grad enabled, and the model in train
+        mode - or in eval mode with an optimizer bound: a loop that forgot model.train() after
+        validation still trains (tentatively, until optimizer.step() confirms it)."""
+        return torch.is_grad_enabled() and (self.model.training or self.optimizer is not None)
+
+    def _demote(self, cur: _Step) -> None:
+        """An eval-mode forward that no optimizer.step() followed was validation after all."""
+        for l in cur.losses:
+            v = l.float() if isinstance(l, torch.Tensor) else float(l)
+            self._val_sum = v if self._val_sum is None else self._val_sum + v
+            self._val_n += 1
+        if self._cur is cur:
+            self._cur = None
 
     def _current(self) -> _Step:
         if self._cur is None:
@@ -217,13 +233,19 @@ class TorchBackend:
             self.probe._deliver()  # queued sink updates that must run on this thread
         if not self._training():
             return None
+        tentative = not self.model.training
+        prev = self._cur
+        if prev is not None and prev.tentative and prev.forwards > 0 and prev.grad_norms is None:
+            self._demote(prev)
         if self.optimizer is None and self._cur is not None and self._cur.forwards > 0 and self._cur.grad_norms is None:
             # forward-boundary mode (no optimizer seen yet): a new training forward ends the step
             self._safe("gradients", self._read_grads, self._cur)
             self._close_step()
-        if self._val_n:
+        if self._val_n and not tentative:
             self._emit_val()
         cur = self._current()
+        if cur.forwards == 0:
+            cur.tentative = tentative
         cur.forwards += 1
         if cur.forwards == 1 and self.cfg.capture_inputs:
             self._safe("inputs", self._input_stats, cur, args, kwargs)
@@ -270,7 +292,10 @@ class TorchBackend:
     def _opt_pre(self) -> None:
         if self.probe is not None:
             self.probe._boundary()  # raises TrainingHealthError when on_critical="raise"
+        if self._val_n:
+            self._emit_val()
         cur = self._current()
+        cur.tentative = False  # an optimizer step: this was training, whatever the module mode
         self._safe("gradients", self._read_grads, cur)
         lr = self.optimizer.param_groups[0].get("lr", math.nan) if self.optimizer else math.nan
         cur.lr = lr.detach() if isinstance(lr, torch.Tensor) else float(lr)
