@@ -126,7 +126,9 @@ FIT_FAULTS = {
     "dead_relu": lambda: fit_run(mlp(bias=-5.0), epochs=4),
     "softmax_overflow": lambda: fit_run(scale_kernel(mlp(), 1e4), lr=1e-4, epochs=3),
     "chance_level_loss": lambda: fit_run(mlp(), dataset=random_label_dataset(), epochs=1, steps=100),
-    "loss_plateau": lambda: fit_run(mlp(), opt="sgd", lr=2e-4, epochs=9),
+    # a schedule that drops the learning rate 10000x after 40 steps: the loss freezes mid-way
+    "loss_plateau": lambda: fit_run(mlp(), epochs=9, optimizer=keras.optimizers.Adam(
+        learning_rate=keras.optimizers.schedules.PiecewiseConstantDecay([40], [1e-3, 1e-7]))),
     # 60 training digits and a wide net: it memorises them, validation loss turns and rises
     "overfitting": lambda: fit_run(mlp(width=256), lr=3e-3, x=X_TR[:60], y=Y_TR[:60], batch=30,
                                    epochs=25, val=True),
