@@ -104,9 +104,16 @@ class TorchBackend:
             raise RuntimeError(
                 "lossprobe.attach: this model already has a probe attached; call probe.detach() "
                 "on the first one (or use it as a context manager) before attaching again.")
-        inner = getattr(model, "module", None)  # DataParallel / DDP wrappers
         self.model = model
-        self.net = inner if isinstance(inner, nn.Module) else model
+        net = model
+        # torch.compile(model): hooks inside the compiled graph would make dynamo guard on the
+        # probe's per-step state (a recompile every step), so only the wrapper's own hooks
+        # (eager, outside the graph), the loss hook and the optimizer hooks are used
+        self.compiled = type(net).__name__ == "OptimizedModule" and isinstance(getattr(net, "_orig_mod", None), nn.Module)
+        if self.compiled:
+            net = net._orig_mod
+        inner = getattr(net, "module", None)  # DataParallel / DDP wrappers
+        self.net = inner if isinstance(inner, nn.Module) else net
         self.cfg = config
         self.optimizer = None
         named = [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
@@ -117,7 +124,7 @@ class TorchBackend:
         emb = {id(m.weight) for m in self.net.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))}
         self.weight_idx = [i for i, p in enumerate(self.params) if p.ndim >= 2 and id(p) not in emb]
         acts = [(n, m, _kind_of(m, _ACTIVATION_KINDS)) for n, m in self.net.named_modules()]
-        acts = [(n or "root", m, k) for n, m, k in acts if k]
+        acts = [(n or "root", m, k) for n, m, k in acts if k and not self.compiled]
         self._act_modules = [m for _, m, _ in acts]
         self._bn_modules = [m for _, m, k in acts if k == "batchnorm"]
         self.layout = Layout(
