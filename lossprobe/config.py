@@ -20,7 +20,7 @@ class Config:
     background: bool = True
     """Decode flushes, run the rules and publish on a worker thread, overlapping the training
     thread's device compute (False: inline, on the training thread)."""
-    rules_every: int = 40
+    rules_every: int = 20
     """Steps between rule evaluations (at a flush). A non-finite loss, gradient or input runs
     the rules at once, so critical numeric faults are not delayed by this."""
     activation_every: int = 10
