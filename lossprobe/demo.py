@@ -72,10 +72,12 @@ def run_demo(out_dir: str = "lossprobe-demo", steps: int = 300, trackers: bool =
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = {}
+    syncs: list[str] = []
     for name, lr in (("healthy", 0.02), ("lr-too-high", 50.0)):
         print(f"\n=== run '{name}': SGD lr={lr}, {steps} steps ===")
         sinks = ["console"] + (_tracker_sinks(out, name) if trackers else [])
         probe = _train(name, lr, steps, sinks)
+        syncs += [s.sync_command for s in sinks if getattr(s, "sync_command", None)]
         probe.save_report(out / f"{name}.html")
         results[name] = probe
     print("\n=== summary ===")
@@ -88,6 +90,8 @@ def run_demo(out_dir: str = "lossprobe-demo", steps: int = 300, trackers: bool =
     print(f"\nHTML reports: {out}/healthy.html, {out}/lr-too-high.html")
     if trackers:
         _print_tracker_help(out)
+        for cmd in syncs:
+            print(f"W&B offline run; upload with: {cmd}")
     ok = results["healthy"].health == "healthy" and results["lr-too-high"].health != "healthy"
     return 0 if ok else 1
 
@@ -104,6 +108,3 @@ def _print_tracker_help(out: Path) -> None:
         print(f"  open the UI: mlflow ui --backend-store-uri {uri}")
     except Exception as exc:
         print(f"(MLflow query skipped: {exc})")
-    wandb_dir = out / "wandb"
-    if wandb_dir.exists():
-        print(f"W&B offline runs in {wandb_dir}; upload with: wandb sync {wandb_dir}/offline-run-*")

@@ -140,7 +140,7 @@ def loss_plateau(h, cfg):
     if p is not None and _rel(p[1]) <= -0.05:
         return None  # validation still falls by >= 5%: still learning, the train curve is just noisy
     return Detection("loss_plateau", int(tr.steps[0]), {
-        "loss": tr.level, "initial_loss": tr.initial, "relative_change_over_window": tr.rel_change,
+        "loss": tr.level, "reference_loss": tr.initial, "relative_change_over_window": tr.rel_change,
         "window_steps": int(tr.steps[-1] - tr.steps[0])},
         message="Try a lower learning rate (or a decay schedule) or a smaller batch size.")
 
@@ -157,7 +157,7 @@ def loss_divergence(h, cfg):
     onset = int(tr.steps[int(np.argmin(tr.loss))])  # the curve's low point before the climb
     return Detection("loss_divergence", onset, {
         "loss_start_of_window": tr.start, "loss_now": tr.level, "relative_rise": tr.rel_change,
-        "slope_z": tr.slope_z, "initial_loss": tr.initial})
+        "slope_z": tr.slope_z, "reference_loss": tr.initial})
 
 
 @rule("loss_spike")
@@ -219,4 +219,4 @@ def converged(h, cfg):
     if tr is None or not is_converged(tr, h, cfg):
         return None
     return Detection("converged", int(tr.steps[0]), {
-        "loss": tr.level, "initial_loss": tr.initial, "relative_change_over_window": tr.rel_change})
+        "loss": tr.level, "reference_loss": tr.initial, "relative_change_over_window": tr.rel_change})
