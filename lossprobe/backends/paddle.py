@@ -59,6 +59,7 @@ import numpy as np
 import paddle
 from paddle import nn
 
+from .base import CaptureGuard
 from ..record import Layout, StepRecord
 
 _BN_BASE = getattr(getattr(nn, "layer", None) and nn.layer.norm, "_BatchNormBase", None)
@@ -190,7 +191,7 @@ class _Step:
         self.auto_loss = False
 
 
-class PaddleBackend:
+class PaddleBackend(CaptureGuard):
     """Probe backend for ``paddle.nn.Layer`` and ``paddle.Model``; create it via ``lossprobe.attach``."""
 
     framework = "paddle"
@@ -287,22 +288,6 @@ class PaddleBackend:
         wrapper = make(getattr(obj, name))
         setattr(obj, name, wrapper)
         self._restore.append((obj, name, had, previous, wrapper))
-
-    # -- guarded hook bodies ----------------------------------------------------
-    def _safe(self, part: str, fn, *args):
-        if part in self._disabled:
-            return None
-        try:
-            return fn(*args)
-        except Exception as exc:
-            from ..probe import TrainingHealthError
-            if isinstance(exc, TrainingHealthError):
-                raise
-            self._disabled.add(part)
-            if self.probe is not None:
-                self.probe._warn_once(f"paddle:{part}", f"{part} capture failed ({type(exc).__name__}: {exc}); "
-                                      f"switched off, training continues")
-            return None
 
     def _training(self) -> bool:
         return self.net.training and paddle.is_grad_enabled()

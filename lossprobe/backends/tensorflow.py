@@ -61,6 +61,7 @@ import numpy as np
 import tensorflow as tf
 import keras
 
+from .base import CaptureGuard
 from ..record import Layout, StepRecord
 
 _UPDATE_SAMPLE = 4096  # elements per weight tensor used for update/weight ratios
@@ -204,7 +205,7 @@ class _FitCallback(keras.callbacks.Callback):
         self._backend._host("fit end", self._backend._fit_end)
 
 
-class KerasBackend:
+class KerasBackend(CaptureGuard):
     """Backend for Keras 3 models on TensorFlow (see the module docstring)."""
 
     framework = "tensorflow"
@@ -437,22 +438,6 @@ class KerasBackend:
             plan.append((i, off, n, stride))
             off += n
         self._plan, self._shadow_len = plan, off
-
-    # -- guarded capture ----------------------------------------------------------------
-    def _safe(self, part: str, fn, *args):
-        if part in self._disabled:
-            return None
-        try:
-            return fn(*args)
-        except Exception as exc:
-            from ..probe import TrainingHealthError
-            if isinstance(exc, TrainingHealthError):
-                raise
-            self._disabled.add(part)
-            if self.probe is not None:
-                self.probe._warn_once(f"tensorflow:{part}", f"{part} capture failed ({type(exc).__name__}: {exc}); "
-                                      "switched off, training continues")
-            return None
 
     def _host(self, what: str, fn, *args):
         """Host-side callback bodies: errors are reported once, never raised into fit

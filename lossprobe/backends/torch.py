@@ -29,6 +29,7 @@ import torch
 from torch import nn
 import torch.optim.optimizer as _optim_mod
 
+from .base import CaptureGuard
 from ..record import Layout, StepRecord
 
 _ACTIVATION_KINDS: list[tuple[type, str]] = [
@@ -96,7 +97,7 @@ class _Step:
         self.tentative = False
 
 
-class TorchBackend:
+class TorchBackend(CaptureGuard):
     framework = "torch"
 
     def __init__(self, model: nn.Module, optimizer=None, config=None):
@@ -192,22 +193,6 @@ class TorchBackend:
         self.layout.in_optimizer = [id(p) in ids for p in self.params]
         self._handles.append(opt.register_step_pre_hook(lambda o, a, k: self._opt_pre()))
         self._handles.append(opt.register_step_post_hook(lambda o, a, k: self._opt_post()))
-
-    # -- guarded hook bodies ----------------------------------------------------
-    def _safe(self, part: str, fn, *args):
-        if part in self._disabled:
-            return None
-        try:
-            return fn(*args)
-        except Exception as exc:
-            from ..probe import TrainingHealthError
-            if isinstance(exc, TrainingHealthError):
-                raise
-            self._disabled.add(part)
-            if self.probe is not None:
-                self.probe._warn_once(f"torch:{part}", f"{part} capture failed ({type(exc).__name__}: {exc}); "
-                                      f"switched off, training continues")
-            return None
 
     def _training(self) -> bool:
         """Could this forward/loss be a training step? Grad enabled, and the model in train
