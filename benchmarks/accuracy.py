@@ -8,31 +8,50 @@ Runs every scenario in ``tests/zoo`` (real PyTorch training on one CPU thread) a
   finding dates the fault),
 * the false alarms: warning/critical findings on healthy runs (and unrelated criticals
   on faulty ones),
-* one summary line ``recall=R false_alarms=F scenarios=N``.
+
+then the planted-fault and healthy scenarios of the TensorFlow (``tests/tf/test_keras.py``)
+and Paddle (``tests/paddle/test_paddle.py``) test suites, each framework in a subprocess of
+its own (``benchmarks/accuracy_tensorflow.py``, ``benchmarks/accuracy_paddle.py``: importing
+TensorFlow and then Paddle in one process segfaults), with a per-code table for each, and
+at the end one line per framework and one summary line over all of them::
+
+    torch: recall=R false_alarms=F scenarios=N
+    tensorflow: recall=R false_alarms=F scenarios=N
+    paddle: recall=R false_alarms=F scenarios=N
+    recall=R false_alarms=F scenarios=N
 
 Usage::
 
-    python benchmarks/accuracy.py                 # everything
-    python benchmarks/accuracy.py --fast          # the CI subset
+    python benchmarks/accuracy.py                 # everything, every installed framework
+    python benchmarks/accuracy.py --frameworks torch          # the PyTorch zoo only
+    python benchmarks/accuracy.py --frameworks tensorflow,paddle
+    python benchmarks/accuracy.py --fast          # the CI subset of the zoo (+ all TF/Paddle scenarios)
     python benchmarks/accuracy.py -k dead_relu    # scenarios whose name contains a string
-    python benchmarks/accuracy.py --seeds 0 1 2   # every scenario on several seeds
+    python benchmarks/accuracy.py --seeds 0 1 2   # every zoo scenario on several seeds (torch only)
     python benchmarks/accuracy.py --set rules_every=20   # a Config field for every probe
+
+This module imports no framework at import time: the runners import its scoring helpers.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
+import os
+import subprocess
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
-import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+HERE = Path(__file__).resolve().parent
+TESTS = HERE.parent / "tests"
+FRAMEWORKS = ("torch", "tensorflow", "paddle")
+RUNNERS = {"tensorflow": HERE / "accuracy_tensorflow.py", "paddle": HERE / "accuracy_paddle.py"}
 
-import zoo  # noqa: E402
-import zoo.common  # noqa: E402
 from lossprobe import Config  # noqa: E402
 from lossprobe.catalog import CATALOG  # noqa: E402
 
@@ -40,20 +59,79 @@ from lossprobe.catalog import CATALOG  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-k", action="append", default=[], help="only scenarios whose name contains this (repeatable)")
-    ap.add_argument("--fast", action="store_true", help="only the CI subset")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--fast", action="store_true", help="only the zoo's CI subset (TF/Paddle: all scenarios)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="zoo seeds (torch only)")
     ap.add_argument("-q", "--quiet", action="store_true", help="no per-scenario lines")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="a lossprobe.Config field for every probe, e.g. --set rules_every=20")
+    ap.add_argument("--frameworks", default=None,
+                    help=f"comma-separated subset of {','.join(FRAMEWORKS)} (default: every one installed)")
     args = ap.parse_args(argv)
-    for item in args.set:
-        key, _, value = item.partition("=")
-        zoo.common.CONFIG_OVERRIDES[key] = type(getattr(Config(), key))(value)
+    overrides = parse_sets(args.set)  # fail early on a bad field name
+    if args.frameworks:
+        frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
+        unknown = [f for f in frameworks if f not in FRAMEWORKS]
+        if unknown:
+            ap.error(f"unknown framework(s) {unknown}; choose from {','.join(FRAMEWORKS)}")
+    else:  # find_spec looks the package up without importing it
+        frameworks = [f for f in FRAMEWORKS if importlib.util.find_spec(f) is not None]
 
+    t0 = time.perf_counter()
+    results: dict[str, dict | None] = {}
+    if "torch" in frameworks:
+        results["torch"] = run_torch(args, overrides)
+    for fw in frameworks:
+        if fw != "torch":
+            results[fw] = run_runner(fw, args)
+            if results[fw] is not None:
+                print()
+                print(f"== {fw} ==")
+                print(framework_table(results[fw]))
+    print(f"\nwall time {time.perf_counter() - t0:.0f}s")
+
+    total_faulty = total_hits = total_alarms = total_n = 0
+    failed = False
+    for fw, res in results.items():
+        if res is None:
+            print(f"{fw}: runner failed (see above)")
+            failed = True
+            continue
+        faulty, hits, alarms, n = res["faulty"], res["detected"], len(res["false_alarms"]), res["scenarios"]
+        print(f"{fw}: recall={_ratio(hits, faulty):.3f} false_alarms={alarms} scenarios={n}")
+        total_faulty, total_hits, total_alarms, total_n = (total_faulty + faulty, total_hits + hits,
+                                                           total_alarms + alarms, total_n + n)
+    recall = _ratio(total_hits, total_faulty)
+    print(f"recall={recall:.3f} false_alarms={total_alarms} scenarios={total_n}")
+    return 0 if recall == 1.0 and total_alarms == 0 and not failed else 1
+
+
+def _ratio(hits: int, total: int) -> float:
+    return hits / total if total else 1.0
+
+
+def parse_sets(items: Iterable[str]) -> dict:
+    """``["rules_every=20", "background=false"]`` -> Config field overrides, typed like the defaults."""
+    defaults, out = Config(), {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if not hasattr(defaults, key):
+            raise SystemExit(f"--set {item}: lossprobe.Config has no field {key!r}")
+        kind = type(getattr(defaults, key))
+        out[key] = value.lower() in ("1", "true", "yes", "on") if kind is bool else kind(value)
+    return out
+
+
+# ---------------------------------------------------------------------- torch (the zoo, in this process)
+def run_torch(args, overrides: dict) -> dict:
+    import torch
+    sys.path.insert(0, str(TESTS))
+    import zoo
+    import zoo.common
+
+    zoo.common.CONFIG_OVERRIDES.update(overrides)
     torch.set_num_threads(1)
     scenarios = [s for s in zoo.load().values()
                  if (not args.fast or s.fast) and (not args.k or any(k in s.name for k in args.k))]
-    t0 = time.perf_counter()
     outcomes = []
     for s in scenarios:
         for seed in args.seeds:
@@ -66,14 +144,13 @@ def main(argv: list[str] | None = None) -> int:
             if not args.quiet:
                 print(out.describe(), flush=True)
     print()
-    print(table(outcomes))
-    print(f"\nwall time {time.perf_counter() - t0:.0f}s for {len(outcomes)} runs")
+    print("== torch ==")
+    print(table(outcomes, Config(**zoo.common.CONFIG_OVERRIDES)))
     faulty = [o for o in outcomes if o.scenario.expect]
-    hits = sum(not o.missing for o in faulty)
-    recall = hits / len(faulty) if faulty else 1.0
-    alarms = sum(bool(o.unexpected) for o in outcomes)
-    print(f"recall={recall:.3f} false_alarms={alarms} scenarios={len(outcomes)}")
-    return 0 if recall == 1.0 and alarms == 0 else 1
+    return {"faulty": len(faulty), "detected": sum(not o.missing for o in faulty),
+            "false_alarms": [f"{o.scenario.name} (seed {o.seed}): {', '.join(o.unexpected)}"
+                             for o in outcomes if o.unexpected],
+            "scenarios": len(outcomes)}
 
 
 SLOW = 50  # target: every fault reported within 50 steps of its onset
@@ -97,9 +174,7 @@ def table(outcomes, cfg: Config | None = None) -> str:
         rows.append((code, str(len(outs)), str(len(det)), f"{len(det) / len(outs):.2f}",
                      f"{np.mean(lat):.0f}" if lat else "-", f"{np.mean(err):+.0f}" if err else "-",
                      f"{max(lat)}" if lat else "-"))
-    w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(f"{v:<{w[i]}}" if i == 0 else f"{v:>{w[i]}}" for i, v in enumerate(r)) for r in rows]
-    lines.insert(1, "-" * len(lines[0]))
+    lines = _aligned(rows)
     healthy = [o for o in outcomes if o.scenario.silent and not o.scenario.expect]
     alarms = [o for o in outcomes if o.unexpected]
     lines.append("")
@@ -115,11 +190,152 @@ def table(outcomes, cfg: Config | None = None) -> str:
         for c, lat in o.latency.items():
             if lat > SLOW:
                 lines.append(f"  slow: {o.scenario.name} (seed {o.seed}): {c} reported {lat} steps after onset {o.onset}")
-    cfg = cfg or Config(**zoo.common.CONFIG_OVERRIDES)
+    cfg = cfg or Config()
     lines.append(f"latency: steps from onset to the evaluation that reported the code (rules run every "
                  f"{getattr(cfg, 'rules_every', cfg.flush_every)} steps at a flush, at once on non-finite values); "
                  "onset_err: Finding.step - onset")
     return "\n".join(lines)
+
+
+def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(f"{v:<{w[i]}}" if i == 0 else f"{v:>{w[i]}}" for i, v in enumerate(r)) for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return lines
+
+
+# ---------------------------------------------------------------------- TensorFlow / Paddle (subprocesses)
+def run_runner(framework: str, args) -> dict | None:
+    """Run one framework's runner in a fresh process, echo its lines, return its RESULT."""
+    cmd = [sys.executable, str(RUNNERS[framework])]
+    for k in args.k:
+        cmd += ["-k", k]
+    for item in args.set:
+        cmd += ["--set", item]
+    if args.quiet:
+        cmd.append("-q")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
+    print(f"\n-- {framework}: {' '.join(cmd[1:])}", flush=True)
+    result = None
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) as proc:
+        for line in proc.stdout:
+            if line.startswith("RESULT "):
+                result = json.loads(line[len("RESULT "):])
+            else:
+                print(line, end="", flush=True)
+    if proc.returncode != 0 or result is None:
+        print(f"{framework} runner exited with {proc.returncode} and "
+              f"{'no' if result is None else 'a'} RESULT line", flush=True)
+        return None
+    return result
+
+
+def framework_table(res: dict) -> str:
+    """Per-code table for a runner's RESULT: scenarios, detected, recall (codes with scenarios only)."""
+    rows = [("code", "scenarios", "detected", "recall")]
+    for code, (n, det) in res["codes"].items():
+        rows.append((code, str(n), str(det), f"{det / n:.2f}" if n else "-"))
+    lines = _aligned(rows) if len(rows) > 1 else ["(no faulty scenarios)"]
+    lines.append("")
+    lines.append(f"healthy runs: {res['healthy']}, with a warning/critical finding: {res['healthy_alarms']}")
+    lines += [f"  false alarm: {a}" for a in res["false_alarms"]]
+    lines += [f"  missed: {m}" for m in res["missed"]]
+    lines += [f"  note: {n}" for n in res.get("notes", [])]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- shared by the runners
+def runner_args(description: str, argv: list[str] | None = None) -> argparse.Namespace:
+    """The options every framework runner takes: ``-k`` (repeatable), ``-q``, ``--set F=V``."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("-k", action="append", default=[])
+    ap.add_argument("-q", "--quiet", action="store_true")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    return ap.parse_args(argv)
+
+
+def apply_config_overrides(lossprobe_module, overrides: dict) -> None:
+    """Make every ``lossprobe.attach`` in this process use the ``--set`` Config fields (the test
+    modules call ``lossprobe.attach`` through the module, so replacing it there reaches them)."""
+    if not overrides:
+        return
+    import dataclasses
+    original = lossprobe_module.attach
+
+    def attach(model, *, config=None, **kwargs):
+        config = dataclasses.replace(config, **overrides) if config is not None else Config(**overrides)
+        return original(model, config=config, **kwargs)
+    lossprobe_module.attach = attach
+
+
+def score_scenarios(items: list[tuple[str, tuple[str, ...], tuple[str, ...] | None, Callable[[], object]]],
+                    quiet: bool = False) -> dict:
+    """Run ``(name, expect, allow, run)`` scenarios; ``run()`` returns a finished probe.
+
+    A faulty scenario (``expect`` not empty) is detected when every expected code was found.
+    A healthy one (``expect == ()``) is a false alarm if it has any warning/critical finding.
+    On a faulty one, a critical code outside ``expect + allow`` is a false alarm too (as in
+    the zoo) when the scenario declares ``allow``; with ``allow=None`` (the suite declares no
+    consequences) such codes are listed as notes only. A crash counts as missed + false alarm,
+    and so does a run whose probe recorded no training step (it switched itself off).
+    Returns the dict a runner prints as ``RESULT {json}``.
+    """
+    codes: dict[str, list[int]] = {}
+    res = {"codes": codes, "faulty": 0, "detected": 0, "healthy": 0, "healthy_alarms": 0,
+           "false_alarms": [], "missed": [], "notes": [], "scenarios": 0, "runs": []}
+    for name, expect, allow, run in items:
+        t0 = time.perf_counter()
+        try:
+            probe = run()
+            found = {f.code: f.severity for f in probe.findings}
+            steps = {f.code: int(f.step) for f in probe.findings}
+            # a probe that switched itself off records nothing: silence then proves nothing
+            crash = "" if probe.history.n_steps > 0 else "crash: the probe recorded no training step"
+        except Exception as exc:  # a broken scenario is reported, the rest still run
+            found, steps, crash = {}, {}, f"crash: {type(exc).__name__}: {exc}"
+        seconds = time.perf_counter() - t0
+        missing = [c for c in expect if c not in found]
+        if not expect:
+            unexpected = [c for c, sev in found.items() if sev != "info"]
+        else:
+            unexpected = [c for c, sev in found.items()
+                          if sev == "critical" and c not in expect and c not in (allow or ())]
+        stray = []
+        if expect and allow is None:
+            stray, unexpected = unexpected, []
+        if crash:
+            unexpected.append(crash)
+        res["scenarios"] += 1
+        if expect:
+            res["faulty"] += 1
+            res["detected"] += not missing
+            for c in expect:
+                n_det = codes.setdefault(c, [0, 0])
+                n_det[0] += 1
+                n_det[1] += c not in missing
+            if missing:
+                res["missed"].append(f"{name}: {', '.join(missing)}; found {sorted(found) or '-'}")
+        else:
+            res["healthy"] += 1
+            res["healthy_alarms"] += bool(unexpected)
+        if unexpected:
+            res["false_alarms"].append(f"{name}: {', '.join(unexpected)}")
+        if stray:
+            res["notes"].append(f"{name}: also critical {', '.join(stray)} (no allowed consequences declared)")
+        ok = not missing and not unexpected
+        res["runs"].append({"name": name, "ok": ok, "found": found, "seconds": round(seconds, 2)})
+        if not quiet:
+            shown = ", ".join(f"{c}@{steps[c]}" for c in found) or "-"
+            extra = (f" missing={missing}" if missing else "") + (f" unexpected={unexpected}" if unexpected else "")
+            print(f"{'ok  ' if ok else 'FAIL'} {name:<45} found: {shown}{extra} ({seconds:.1f}s)", flush=True)
+    order = list(CATALOG)
+    res["codes"] = dict(sorted(codes.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+    return res
+
+
+def select(names: Iterable[str], patterns: list[str]) -> set[str]:
+    """The names that contain any of ``patterns`` (all of them when there are none)."""
+    return {n for n in names if not patterns or any(k in n for k in patterns)}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,63 @@
+"""Diagnosis accuracy for the TensorFlow / Keras backend: the planted faults and healthy runs of
+``tests/tf/test_keras.py`` (``model.fit`` and custom ``GradientTape`` loops), scored.
+
+Runs in a process of its own (TensorFlow and Paddle must not share one; torch is not imported)::
+
+    python benchmarks/accuracy_tensorflow.py            # every scenario
+    python benchmarks/accuracy_tensorflow.py -k dead_relu -q
+    python benchmarks/accuracy.py --frameworks tensorflow   # the same, from the driver
+
+Scenario names: ``<code>/fit``, ``<code>/tape``, ``healthy/fit-<name>``, ``healthy/tape-<name>``.
+A faulty scenario is detected when its code is found; a healthy one is a false alarm on any
+warning/critical finding. The suite declares no "allowed consequence" codes, so other critical
+codes on a faulty run are listed as notes, not alarms. The last stdout line is
+``RESULT {json}`` (see ``accuracy.score_scenarios``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests" / "tf"))
+
+import tensorflow as tf  # noqa: E402
+
+# one thread, as tests/tf/conftest.py does: set before TensorFlow runs its first op
+tf.config.threading.set_intra_op_parallelism_threads(1)
+tf.config.threading.set_inter_op_parallelism_threads(1)
+
+import lossprobe  # noqa: E402
+from accuracy import apply_config_overrides, parse_sets, runner_args, score_scenarios, select  # noqa: E402
+
+
+def scenarios():
+    """``(name, expect, allow, run)`` for every scenario of the TensorFlow suite."""
+    import test_keras as tk
+    items = []
+    for table, way in ((tk.FIT_FAULTS, "fit"), (tk.TAPE_FAULTS, "tape")):
+        items += [(f"{code}/{way}", (code,), None, run) for code, run in table.items()]
+    for table, way in ((tk.FIT_HEALTHY, "fit"), (tk.TAPE_HEALTHY, "tape")):
+        items += [(f"healthy/{way}-{name}", (), None, run) for name, run in table.items()]
+    return items
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = runner_args(__doc__.splitlines()[0], argv)
+    apply_config_overrides(lossprobe, parse_sets(args.set))
+    items = scenarios()
+    keep = select([i[0] for i in items], args.k)
+    res = score_scenarios([i for i in items if i[0] in keep], quiet=args.quiet)
+    res["framework"] = "tensorflow"
+    assert "paddle" not in sys.modules and "torch" not in sys.modules
+    print("RESULT " + json.dumps(res), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
