@@ -42,7 +42,7 @@ def torch_models(device):
     return {"mlp": (mlp, x_mlp, y), "cnn": (cnn, x_cnn, y)}
 
 
-def torch_configs(sync_debug: bool):
+def torch_configs(sync_debug: bool, with_wandb: bool = True):
     """name -> context factory(model, opt) that sets up and tears down the probe."""
     import torch
     import lossprobe
@@ -86,11 +86,12 @@ def torch_configs(sync_debug: bool):
         "lossprobe-every-signal": probe(lossprobe.Config(flush_every=1, activation_every=1)),
         "detect_anomaly": anomaly,
     }
-    try:
-        import wandb  # noqa: F401
-        configs["wandb.watch-all"] = wandb_watch
-    except ImportError:
-        pass
+    if with_wandb:
+        try:
+            import wandb  # noqa: F401
+            configs["wandb.watch-all"] = wandb_watch
+        except ImportError:
+            pass
     return configs
 
 
@@ -101,7 +102,7 @@ def bench_torch(args) -> dict[str, float]:
     device = args.device
     results = {}
     for mname, (make, x, y) in torch_models(device).items():
-        configs = torch_configs(sync_debug=device.startswith("cuda"))
+        configs = torch_configs(sync_debug=device.startswith("cuda"), with_wandb=not args.no_wandb)
         loss_fn = nn.CrossEntropyLoss()
         times: dict[str, list[float]] = {c: [] for c in configs}
         for block in range(args.blocks):
@@ -180,6 +181,8 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--frameworks", default="torch,keras,paddle")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-wandb", action="store_true",
+                    help="leave out wandb.watch: its background service process competes for the cores")
     args = ap.parse_args()
     if args.quick:
         args.blocks, args.steps = 3, 100
