@@ -250,7 +250,8 @@ class Probe:
         if self._history.n_steps == 0:
             return []
         try:
-            dets = self._runner.run(self._history, self.config)
+            on_worker = self._worker is not None and threading.current_thread() is self._worker.thread
+            dets = self._runner.run(self._history, self.config, pause=_yield_gil if on_worker else None)
         except Exception as exc:  # pragma: no cover - RuleRunner already guards each rule
             self._warn_once("rules", f"rule evaluation failed: {exc}")
             return []
@@ -300,6 +301,13 @@ class Probe:
             log.warning("lossprobe: %s", msg)
             import warnings
             warnings.warn(f"lossprobe: {msg}", RuntimeWarning, stacklevel=3)
+
+
+def _yield_gil() -> None:
+    """Let a waiting training thread take the interpreter now. Without this, a worker busy
+    for milliseconds holds it for up to the switch interval (5 ms) while the training thread,
+    back from a device op, waits."""
+    time.sleep(0)
 
 
 class _Worker:

@@ -21,6 +21,7 @@ the host in one transfer (``n_host_reads`` counts them), then decoded into StepR
 from __future__ import annotations
 
 import math
+import time
 import weakref
 from typing import Any
 
@@ -600,7 +601,11 @@ class TorchBackend(CaptureGuard):
     def _finish_flush(self, steps, slots, host, vals) -> None:
         """Host side of a flush (numpy only): decode StepRecords and hand them to the probe."""
         got: dict[tuple[int, str], np.ndarray] = {(i, n): host[a:a + l] for i, n, a, l in slots}
-        records = [self._decode(i, s, got) for i, s in enumerate(steps)]
+        records = []
+        for i, s in enumerate(steps):
+            records.append(self._decode(i, s, got))
+            if i % 4 == 3:
+                time.sleep(0)  # on the worker: let the training thread take the interpreter
         val_points = []
         for k, (st, v) in enumerate(vals):
             val_points.append((st, float(got[(-1 - k, "val")][0]) if (-1 - k, "val") in got else float(v)))

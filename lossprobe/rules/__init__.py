@@ -40,9 +40,13 @@ class RuleRunner:
         self.codes = list(RULES) if codes is None else list(codes)
         self.disabled: dict[str, str] = {}
 
-    def run(self, h: History, cfg: Config) -> list[Detection]:
+    def run(self, h: History, cfg: Config, pause: "Callable[[], None] | None" = None) -> list[Detection]:
+        """``pause``: called between rules (the probe's worker passes a GIL yield, so the
+        training thread never waits a whole evaluation for the interpreter)."""
         out: list[Detection] = []
         for code in self.codes:
+            if pause is not None:
+                pause()
             if code in self.disabled:
                 continue
             try:
