@@ -19,7 +19,8 @@ class Config:
     """Steps between host reads of the on-device statistics (the only sync point)."""
     background: bool = True
     """Decode flushes, run the rules and publish on a worker thread, overlapping the training
-    thread's device compute (False: inline, on the training thread)."""
+    thread's device compute (False: inline, on the training thread). Off when
+    on_critical="raise", which must raise at the step boundary right after the flush."""
     rules_every: int = 20
     """Steps between rule evaluations (at a flush). A non-finite loss, gradient or input runs
     the rules at once, so critical numeric faults are not delayed by this."""

@@ -55,7 +55,9 @@ class Probe:
         self.config = config or Config()
         self.layout = layout
         self._history = History(layout, window=self.config.window)
-        self._worker = _Worker(self) if self.config.background else None
+        # on_critical="raise" promises the error at the very next step boundary after the flush
+        # that saw the fault: that needs the rules inline, not on a worker a step or two behind
+        self._worker = _Worker(self) if self.config.background and self.config.on_critical != "raise" else None
         self._runner = RuleRunner()
         self._findings: dict[str, Finding] = {}
         self._health = "healthy"
