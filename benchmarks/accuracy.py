@@ -333,6 +333,24 @@ def score_scenarios(items: list[tuple[str, tuple[str, ...], tuple[str, ...] | No
     return res
 
 
+def runner_main(framework: str, doc: str, scenarios: Callable[[], list], argv: list[str] | None,
+                foreign: tuple[str, ...]) -> int:
+    """The whole of a per-framework runner: parse its options, apply ``--set``, score the
+    selected scenarios and print ``RESULT {json}``; ``foreign`` frameworks must not have been
+    imported along the way (TensorFlow and Paddle in one process segfault)."""
+    import lossprobe
+    args = runner_args(doc.splitlines()[0], argv)
+    apply_config_overrides(lossprobe, parse_sets(args.set))
+    items = scenarios()
+    keep = select([i[0] for i in items], args.k)
+    res = score_scenarios([i for i in items if i[0] in keep], quiet=args.quiet)
+    res["framework"] = framework
+    imported = [m for m in foreign if m in sys.modules]
+    assert not imported, f"the {framework} runner imported {imported}"
+    print("RESULT " + json.dumps(res), flush=True)
+    return 0
+
+
 def select(names: Iterable[str], patterns: list[str]) -> set[str]:
     """The names that contain any of ``patterns`` (all of them when there are none)."""
     return {n for n in names if not patterns or any(k in n for k in patterns)}

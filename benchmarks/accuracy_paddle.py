@@ -15,7 +15,6 @@ warning/critical finding on a healthy run. The last stdout line is ``RESULT {jso
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -31,8 +30,7 @@ if "tensorflow" in sys.modules:  # pragma: no cover - importing Paddle after Ten
 
 import paddle  # noqa: E402,F401
 
-import lossprobe  # noqa: E402
-from accuracy import apply_config_overrides, parse_sets, runner_args, score_scenarios, select  # noqa: E402
+from accuracy import runner_main  # noqa: E402
 
 
 def scenarios():
@@ -46,15 +44,7 @@ def scenarios():
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = runner_args(__doc__.splitlines()[0], argv)
-    apply_config_overrides(lossprobe, parse_sets(args.set))
-    items = scenarios()
-    keep = select([i[0] for i in items], args.k)
-    res = score_scenarios([i for i in items if i[0] in keep], quiet=args.quiet)
-    res["framework"] = "paddle"
-    assert "tensorflow" not in sys.modules and "torch" not in sys.modules
-    print("RESULT " + json.dumps(res), flush=True)
-    return 0
+    return runner_main("paddle", __doc__, scenarios, argv, foreign=("tensorflow", "torch"))
 
 
 if __name__ == "__main__":

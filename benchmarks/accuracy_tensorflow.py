@@ -15,7 +15,6 @@ codes on a faulty run are listed as notes, not alarms. The last stdout line is
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -32,8 +31,7 @@ import tensorflow as tf  # noqa: E402
 tf.config.threading.set_intra_op_parallelism_threads(1)
 tf.config.threading.set_inter_op_parallelism_threads(1)
 
-import lossprobe  # noqa: E402
-from accuracy import apply_config_overrides, parse_sets, runner_args, score_scenarios, select  # noqa: E402
+from accuracy import runner_main  # noqa: E402
 
 
 def scenarios():
@@ -48,15 +46,7 @@ def scenarios():
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = runner_args(__doc__.splitlines()[0], argv)
-    apply_config_overrides(lossprobe, parse_sets(args.set))
-    items = scenarios()
-    keep = select([i[0] for i in items], args.k)
-    res = score_scenarios([i for i in items if i[0] in keep], quiet=args.quiet)
-    res["framework"] = "tensorflow"
-    assert "paddle" not in sys.modules and "torch" not in sys.modules
-    print("RESULT " + json.dumps(res), flush=True)
-    return 0
+    return runner_main("tensorflow", __doc__, scenarios, argv, foreign=("paddle", "torch"))
 
 
 if __name__ == "__main__":
