@@ -359,9 +359,11 @@ def _urgent(records: list[StepRecord]) -> bool:
         if (r.loss_seen and not math.isfinite(r.loss)) or (r.input_nonfinite > 0) or (
                 not math.isnan(r.grad_norm) and not math.isfinite(r.grad_norm)):
             return True
-        if r.param_grad_norms.size and not np.isfinite(r.param_grad_norms[~r.param_grad_missing]).all():
-            if not np.isnan(r.param_grad_norms[~r.param_grad_missing]).all() or r.param_grad_missing.all():
-                return True
+        g = r.param_grad_norms[~r.param_grad_missing] if r.param_grad_norms.size else r.param_grad_norms
+        # a row that is all NaN means "not measured on this step"; any Inf, or NaN beside
+        # finite values, is a gradient that broke
+        if g.size and not np.isfinite(g).all() and not np.isnan(g).all():
+            return True
     return False
 
 
