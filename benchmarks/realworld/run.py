@@ -1,0 +1,254 @@
+"""Real programs with their published fixes: does lossprobe name the fault, and stay silent on the fix?
+
+Each case in ``cases/<id>/`` is a published buggy training program (``buggy.py``), its
+published fix (``fixed.py``) and ``case.toml`` (source, licence, the published fault, its
+kind, every adaptation made to run it here). The runner runs both programs with the probe
+attached (``harness.py``: one subprocess each, one CPU thread, only the case's framework
+imported) and scores them:
+
+* **matched**: the buggy program got a warning or critical finding whose code *names* the
+  published fault kind (``NAMES`` below, written down before any case was run). A finding
+  that only shows a symptom of it (``SYMPTOMS``) is counted apart, as ``symptom_only``.
+* **fixed_silent**: a fixed program that learns (its loss fell, see :func:`learns`) ended
+  with health ``healthy`` (no active warning, never a critical).
+
+Prints one line per case and ends with::
+
+    matched=M/N fixed_silent=S/F symptom_only=K
+
+Usage::
+
+    python benchmarks/realworld/run.py                  # every case
+    python benchmarks/realworld/run.py --fast           # the cases marked fast (CI subset)
+    python benchmarks/realworld/run.py -k deepfd --framework keras --jobs 2 --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+CASES = HERE / "cases"
+HARNESS = HERE / "harness.py"
+
+# Published fault kinds -> the diagnosis codes that name that fault (the cause, or the
+# exact mechanism). Fixed before running any case; a new kind is added here with its reason.
+NAMES: dict[str, tuple[str, ...]] = {
+    # the last layer's activation does not fit the loss (softmax on one unit, sigmoid under
+    # categorical CE, softmax under binary CE, linear/ReLU head under a probability loss)
+    "output_activation": ("output_activation_mismatch", "double_softmax"),
+    # the loss does not fit the output or the labels (categorical CE on one unit, a
+    # regression loss on class labels, CE on probabilities, sparse CE on float labels)
+    "loss_function": ("output_activation_mismatch", "double_softmax", "label_problem"),
+    "learning_rate_high": ("learning_rate_too_high",),
+    "learning_rate_low": ("learning_rate_too_low",),
+    # hidden activations that saturate or die (sigmoid/tanh stacks, ReLU with a bad init)
+    "hidden_activation": ("vanishing_gradients", "saturated_activations", "dead_relu"),
+    "weight_initialization": ("bad_initialization", "vanishing_gradients", "dead_relu", "saturated_activations"),
+    "input_scaling": ("unnormalized_inputs",),
+    "target_scaling": ("unscaled_targets",),
+    "labels": ("label_problem",),
+    "data_order": ("unshuffled_data",),
+    "nonfinite_data": ("nonfinite_inputs",),
+    "numerics": ("nan_loss", "nonfinite_gradients", "softmax_overflow"),
+    "gradient_accumulation": ("stale_gradients",),          # zero_grad() missing
+    "disconnected_graph": ("frozen_parameters", "zero_gradients"),
+    "dropout": ("excessive_dropout",),
+    "regularization": ("over_regularization",),
+    "batchnorm_mode": ("frozen_batchnorm",),
+    "train_eval_mode": ("frozen_batchnorm",),
+}
+# Codes that show a consequence of a fault kind without naming it: reported, not matched.
+SYMPTOMS: dict[str, tuple[str, ...]] = {
+    "output_activation": ("zero_gradients", "chance_level_loss", "loss_plateau", "dead_relu", "softmax_overflow"),
+    "loss_function": ("zero_gradients", "chance_level_loss", "loss_plateau", "loss_divergence"),
+    "learning_rate_high": ("loss_divergence", "exploding_gradients", "nan_loss", "softmax_overflow",
+                           "loss_oscillation", "dead_relu", "loss_spike", "chance_level_loss"),
+    "learning_rate_low": ("loss_plateau", "chance_level_loss"),
+    "hidden_activation": ("loss_plateau", "chance_level_loss"),
+    "weight_initialization": ("loss_plateau", "chance_level_loss", "exploding_gradients"),
+    "input_scaling": ("saturated_activations", "exploding_gradients", "dead_relu", "loss_plateau", "softmax_overflow"),
+    "target_scaling": ("exploding_gradients", "loss_divergence", "nan_loss", "loss_plateau"),
+    "gradient_accumulation": ("loss_divergence", "exploding_gradients", "loss_oscillation"),
+}
+
+
+@dataclass
+class Case:
+    id: str
+    path: Path
+    framework: str
+    kind: str
+    fault: str
+    source: str
+    licence: str
+    fast: bool = False
+    learns_below: float = 0.7
+    meta: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, folder: Path) -> "Case":
+        meta = tomllib.loads((folder / "case.toml").read_text())
+        if meta["kind"] not in NAMES:
+            raise ValueError(f"{folder.name}: fault kind {meta['kind']!r} is not in run.NAMES")
+        return cls(id=meta.get("id", folder.name), path=folder, framework=meta["framework"], kind=meta["kind"],
+                   fault=meta["fault"], source=meta["source"], licence=meta["licence"],
+                   fast=bool(meta.get("fast", False)), learns_below=float(meta.get("learns_below", 0.7)),
+                   meta=meta)
+
+
+def discover(pattern: str = "", framework: str = "", fast: bool = False, root: Path = CASES) -> list[Case]:
+    cases = [Case.load(d) for d in sorted(root.iterdir()) if (d / "case.toml").is_file()]
+    return [c for c in cases if pattern in c.id and (not framework or c.framework == framework)
+            and (c.fast or not fast)]
+
+
+def run_program(case: Case, which: str, seed: int, timeout: float) -> dict:
+    """One program in its own process; the harness's JSON (or a failure record)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TF_NUM_INTRAOP_THREADS="1",
+               TF_NUM_INTEROP_THREADS="1", TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
+               PYTHONHASHSEED=str(seed), MPLBACKEND="Agg", WANDB_MODE="disabled",
+               PYTHONPATH=os.pathsep.join([str(HERE.parent.parent), os.environ.get("PYTHONPATH", "")]))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [sys.executable, str(HARNESS), str(case.path / f"{which}.py"), "--framework", case.framework,
+               "--out", str(out), "--seed", str(seed)]
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"ran": False, "error": f"timed out after {timeout:.0f} s", "probes": [], "seconds": timeout}
+        if not out.exists():
+            tail = (proc.stderr or proc.stdout or "")[-1500:]
+            return {"ran": False, "error": f"harness exited {proc.returncode}: {tail}", "probes": [],
+                    "seconds": round(time.perf_counter() - t0, 2)}
+        return json.loads(out.read_text())
+
+
+def learns(result: dict, below: float) -> tuple[bool, str]:
+    """The loss fell: the median of its last tenth is at most ``below`` (0.7) times the median
+    of its first twentieth (at least 3 points each). Judged on the probe's own loss outline."""
+    probes = [p for p in result.get("probes", []) if p.get("losses")]
+    if not probes:
+        return False, "no loss recorded"
+    losses = max(probes, key=lambda p: len(p["losses"]))["losses"]  # the main model's probe
+    y = np.asarray([v for v in losses if np.isfinite(v)], float)
+    if y.size < 6:
+        return False, "too few losses"
+    head = float(np.median(y[: max(3, y.size // 20)]))
+    tail = float(np.median(y[-max(3, y.size // 10):]))
+    ok = head > 0 and tail <= below * head
+    return ok, f"loss {head:.4g} -> {tail:.4g}"
+
+
+def _codes(result: dict) -> dict[str, str]:
+    """code -> worst severity over every probe of the program (warning/critical only)."""
+    out: dict[str, str] = {}
+    for p in result.get("probes", []):
+        for f in p.get("findings", []):
+            if f["severity"] in ("warning", "critical"):
+                if out.get(f["code"]) != "critical":
+                    out[f["code"]] = f["severity"]
+    return out
+
+
+def _health(result: dict) -> str:
+    order = {"healthy": 0, "info": 0, "warning": 1, "critical": 2}
+    hs = [p.get("health", "healthy") for p in result.get("probes", [])]
+    return max(hs, key=lambda h: order.get(h, 0)) if hs else "unprobed"
+
+
+@dataclass
+class Score:
+    case: Case
+    buggy: dict
+    fixed: dict
+    matched: bool
+    symptom_only: bool
+    fixed_learns: bool
+    fixed_silent: bool
+    learn_note: str
+
+    def line(self) -> str:
+        def codes(r):
+            c = _codes(r)
+            if not r.get("ran"):
+                return "CRASHED " + (r.get("error") or "").strip().splitlines()[-1][:80] if r.get("error") else "did not run"
+            return ", ".join(f"{k}({v[0].upper()})" for k, v in sorted(c.items())) or "none"
+        verdict = "MATCH" if self.matched else ("symptom" if self.symptom_only else "MISS")
+        if not self.fixed_learns:
+            fix = f"does not learn ({self.learn_note})"
+        else:
+            fix = "silent" if self.fixed_silent else "ALARM"
+        return (f"{self.case.id:<28} {self.case.framework:<6} {self.case.kind:<22} buggy: {codes(self.buggy)} -> {verdict}\n"
+                f"{'':<58} fixed: {_health(self.fixed)}: {codes(self.fixed)} ({self.learn_note}) -> {fix}")
+
+
+def score(case: Case, buggy: dict, fixed: dict) -> Score:
+    got = set(_codes(buggy))
+    matched = bool(got & set(NAMES[case.kind]))
+    symptom = not matched and bool(got & set(SYMPTOMS.get(case.kind, ())))
+    fl, note = learns(fixed, case.learns_below) if fixed.get("ran") else (False, "crashed")
+    silent = fl and _health(fixed) == "healthy"
+    return Score(case, buggy, fixed, matched, symptom, fl, silent, note)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-k", default="", help="only cases whose id contains this")
+    ap.add_argument("--framework", default="", choices=("", "keras", "torch", "paddle"))
+    ap.add_argument("--fast", action="store_true", help="only the cases marked fast = true")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--timeout", type=float, default=300.0, help="seconds per program")
+    ap.add_argument("--json", help="write every result here")
+    ap.add_argument("--cases", default=str(CASES), help="folder of cases (default: cases/ beside this file)")
+    args = ap.parse_args(argv)
+    cases = discover(args.k, args.framework, args.fast, Path(args.cases))
+    if not cases:
+        print("no cases selected")
+        return 2
+    jobs = [(c, w) for c in cases for w in ("buggy", "fixed")]
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        results = list(pool.map(lambda cw: run_program(cw[0], cw[1], args.seed, args.timeout), jobs))
+    by = {(c.id, w): r for (c, w), r in zip(jobs, results)}
+    scores = [score(c, by[(c.id, "buggy")], by[(c.id, "fixed")]) for c in cases]
+    for s in scores:
+        print(s.line())
+    n = len(scores)
+    m = sum(s.matched for s in scores)
+    sym = sum(s.symptom_only for s in scores)
+    learning = [s for s in scores if s.fixed_learns]
+    silent = sum(s.fixed_silent for s in learning)
+    print(f"\n{len(cases)} cases, {len(jobs)} programs in {time.perf_counter() - t0:.0f} s")
+    misses = [s.case.id for s in scores if not s.matched]
+    alarms = [s.case.id for s in learning if not s.fixed_silent]
+    not_learning = [s.case.id for s in scores if not s.fixed_learns]
+    print(f"missed: {', '.join(misses) or '-'}")
+    print(f"alarms on fixed programs: {', '.join(alarms) or '-'}")
+    print(f"fixed programs that do not learn (not counted): {', '.join(not_learning) or '-'}")
+    print(f"matched={m}/{n} fixed_silent={silent}/{len(learning)} symptom_only={sym}")
+    if args.json:
+        Path(args.json).write_text(json.dumps([{
+            "id": s.case.id, "framework": s.case.framework, "kind": s.case.kind, "matched": s.matched,
+            "symptom_only": s.symptom_only, "fixed_learns": s.fixed_learns, "fixed_silent": s.fixed_silent,
+            "buggy_codes": _codes(s.buggy), "fixed_codes": _codes(s.fixed), "fixed_health": _health(s.fixed),
+            "learn_note": s.learn_note, "buggy_error": s.buggy.get("error"), "fixed_error": s.fixed.get("error"),
+            "seconds": [s.buggy.get("seconds"), s.fixed.get("seconds")]} for s in scores], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
