@@ -39,6 +39,8 @@ class Finding:
     last_step: int = -1
     count: int = 1
     active: bool = True
+    resolved: bool = False        # a warning whose condition cleared and stayed clear: not in the final health
+    caused_by: str | None = None  # the root cause's code when another finding explains this one
 
     @classmethod
     def from_detection(cls, det: Detection) -> "Finding":
@@ -59,6 +61,7 @@ class Finding:
         return {
             "code": self.code, "severity": self.severity, "step": self.step,
             "last_step": self.last_step, "count": self.count, "active": self.active,
+            "resolved": self.resolved, "caused_by": self.caused_by,
             "message": self.message, "evidence": self.evidence,
             "causes": self.causes, "fixes": self.fixes,
         }

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .rootcause import attribute
 from .sinks import format_table
 
 
@@ -29,6 +30,7 @@ def build_report(probe) -> dict[str, Any]:
     vs, vv = h.val_sketch()
     steps = h.steps()
     gn = h.series("grad_norm")
+    roots = attribute(probe.findings)
     return {
         "lossprobe_version": __version__,
         "framework": probe.layout.framework,
@@ -36,6 +38,8 @@ def build_report(probe) -> dict[str, Any]:
         "steps_seen": int(h.n_steps),
         "last_step": probe.step,
         "findings": [f.to_dict() for f in probe.findings],
+        "root_causes": [rc.to_dict() for rc in roots],
+        "fix_first": roots[0].fix_first if roots else None,
         "tags": probe.tags(),
         "layout": probe.layout.to_dict(),
         "curves": {

@@ -9,6 +9,7 @@ Example::
 from __future__ import annotations
 
 from .findings import Finding
+from .rootcause import attribute
 
 PREFIX = "lossprobe"
 
@@ -17,6 +18,9 @@ def tracker_tags(findings: list[Finding], health: str, framework: str | None = N
                  version: str | None = None) -> dict[str, str]:
     codes = sorted({f.code for f in findings})
     tags = {f"{PREFIX}.health": health, f"{PREFIX}.diagnoses": ",".join(codes)}
+    roots = attribute(findings)
+    if roots:
+        tags[f"{PREFIX}.root_cause"] = roots[0].code
     for f in findings:
         tags[f"{PREFIX}.diagnosis.{f.code}"] = f.severity
     if framework:
