@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .catalog import CATALOG
+from .catalog import CATALOG, SEVERITY_RANK
 
 
 @dataclass
@@ -25,6 +25,7 @@ class Detection:
     step: int
     evidence: dict[str, Any]
     message: str = ""
+    severity: str | None = None   # None: the catalog's; a rule may say less (evidence that is advice only)
 
 
 @dataclass
@@ -46,7 +47,7 @@ class Finding:
     def from_detection(cls, det: Detection) -> "Finding":
         entry = CATALOG[det.code]
         msg = entry.meaning + (f" {det.message}" if det.message else "")
-        return cls(code=det.code, severity=entry.severity, step=int(det.step), message=msg,
+        return cls(code=det.code, severity=det.severity or entry.severity, step=int(det.step), message=msg,
                    evidence=_plain(det.evidence), causes=list(entry.causes), fixes=list(entry.fixes),
                    last_step=int(det.step))
 
@@ -56,6 +57,10 @@ class Finding:
         self.count += 1
         self.active = True
         self.evidence = _plain(det.evidence)
+        severity = det.severity or CATALOG[det.code].severity
+        if SEVERITY_RANK[severity] > SEVERITY_RANK[self.severity]:
+            self.severity = severity  # advice that the run's symptoms have since confirmed
+            self.message = CATALOG[det.code].meaning + (f" {det.message}" if det.message else "")
 
     def to_dict(self) -> dict[str, Any]:
         return {

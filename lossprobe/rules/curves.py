@@ -77,8 +77,15 @@ def _reference_loss(h) -> float:
 
 
 def is_converged(tr: Trend, h, cfg) -> bool:
-    """Flat and low: at <= converged_rel of the initial loss, or gradients that have died down."""
+    """Flat and low: at <= converged_rel of the reference loss, or gradients that have died
+    down after the loss fell a good way. A classifier must also be well below chance
+    (half of ln(C)): a loss that merely stopped moving is stuck, not converged."""
     if tr is None or tr.falling:
+        return False
+    if not (h.initial_loss > 0 and tr.level < h.initial_loss):
+        return False  # nothing was learned: a loss that never fell (or was 0 from the start)
+    c = chance_classes(h)
+    if c and abs(tr.level) > 0.5 * math.log(c):
         return False
     if abs(tr.level) <= cfg.converged_rel * abs(tr.initial):
         return True
@@ -102,8 +109,8 @@ def chance_level_loss(h, cfg):
     # a stall verdict needs a full window of evidence: many healthy runs sit at ln(C) for
     # their first few dozen steps before the loss starts to move
     tr = loss_trend(h, cfg, min_points=cfg.curve_window)
-    if tr is None:
-        return None
+    if tr is None or h.first_step is None or tr.steps[0] < h.first_step + cfg.warmup_steps:
+        return None  # every classifier starts at ln(C): the first steps at chance are expected
     c = chance_classes(h)
     if h.layout.loss_kind in ("bce", "bce_logits"):
         c = 2

@@ -89,6 +89,17 @@ def unshuffled_data(h, cfg):
     return Detection("unshuffled_data", int(t[0]), evidence)
 
 
+# "Every target has the same value" needs this many targets seen: four one-row batches of a
+# balanced binary task are all one class one time in eight.
+MIN_SAME_TARGETS = 32
+
+
+def _targets_seen(h) -> float:
+    """Targets in the sampled batches whose target statistics were measured."""
+    b, _ = _recent(h, "batch_size")
+    return float(np.sum(b)) if b.size else 0.0
+
+
 @rule("label_problem")
 def label_problem(h, cfg):
     if h.n_steps < 3:
@@ -108,7 +119,7 @@ def label_problem(h, cfg):
     elif is_index and c >= 2 and (lo < 0 or hi >= c):
         problem = f"class indices outside 0..{c - 1}"
     elif (is_index or kind in ("cross_entropy", "nll", "bce", "bce_logits")) and tmin.size >= MIN_TARGET_SAMPLES \
-            and h.n_steps >= cfg.warmup_steps and lo == hi:
+            and h.n_steps >= cfg.warmup_steps and lo == hi and _targets_seen(h) >= MIN_SAME_TARGETS:
         problem = "every target has the same value"
     if problem is None:
         return None

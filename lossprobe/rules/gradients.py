@@ -1,4 +1,4 @@
-"""Gradient health: exploding_gradients, vanishing_gradients, frozen_parameters."""
+"""Gradient health: exploding_gradients, vanishing_gradients, frozen_parameters, zero_gradients."""
 from __future__ import annotations
 
 import numpy as np
@@ -99,3 +99,54 @@ def frozen_parameters(h, cfg):
         "not_in_optimizer": [names[i] for i in np.flatnonzero(not_in_opt)[:10]],
         "gradient_but_never_updated": [names[i] for i in np.flatnonzero(stuck)[:10]],
     }, message=f"{idx.size} parameter tensor(s), first: {names[idx[0]]}.")
+
+
+# Measured steps in a row with every gradient exactly zero before zero_gradients fires: one
+# such step can be a batch the loss ignores (all samples masked); five in a row is the model.
+ZERO_GRAD_STEPS = 5
+
+
+@rule("zero_gradients")
+def zero_gradients(h, cfg):
+    """Every measured gradient is exactly 0.0 on ``ZERO_GRAD_STEPS`` consecutive measured steps.
+
+    Exactly zero is not a rounding question: a gradient that no path from the loss reaches (a
+    one-unit softmax, whose output is the constant 1; a loss computed from ``argmax`` or a
+    detached copy; a layer whose units are all dead) is the literal 0.0 on every CPU and GPU.
+    Unmeasured entries (NaN: sparse gradients, tensors the backend cannot read) are left out,
+    and a step counts only when at least one gradient was measured on it.
+    """
+    g = h.matrix("param_grad_norms")
+    if g.size == 0:
+        return None
+    measured = np.isfinite(g) & ~h.matrix("param_grad_missing")
+    rows = np.flatnonzero(measured.any(axis=1))
+    if rows.size < ZERO_GRAD_STEPS:
+        return None
+    zero = (np.where(measured[rows], g[rows], 0.0) == 0.0).all(axis=1)
+    # the longest run of consecutive all-zero measured steps
+    best, run, start, best_start = 0, 0, 0, 0
+    for k, z in enumerate(zero):
+        run = run + 1 if z else 0
+        if run == 1:
+            start = k
+        if run > best:
+            best, best_start = run, start
+    if best < ZERO_GRAD_STEPS:
+        return None
+    steps = h.steps()[rows]
+    if _fitted_exactly(h, int(steps[best_start]), cfg):
+        return None
+    return Detection("zero_gradients", int(steps[best_start]), {
+        "steps_all_zero": int(best), "measured_steps": int(rows.size),
+        "parameters_measured": int(measured[rows[best_start]].sum()),
+        "zero_now": bool(zero[-1])})
+
+
+def _fitted_exactly(h, step: int, cfg) -> bool:
+    """The loss had fallen from a positive start to <= converged_rel of it before ``step``: zero
+    gradients there are an exact fit (a noiseless regression solved), not a broken graph."""
+    loss, seen, steps = h.series("loss"), h.series("loss_seen") > 0, h.steps()
+    ok = seen & np.isfinite(loss) & (steps <= step)
+    init = h.initial_loss
+    return bool(ok.any() and np.isfinite(init) and init > 0 and loss[ok][-1] <= cfg.converged_rel * init)

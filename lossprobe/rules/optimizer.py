@@ -5,6 +5,8 @@ The update/weight ratio |dW|/|W| of weight tensors is ~1e-3 in healthy training
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..findings import Detection
@@ -113,7 +115,32 @@ def learning_rate_too_high(h, cfg):
             evidence.setdefault("update_to_weight_ratio", float(np.max(r)))
     if onset is None:
         return None
-    return Detection("learning_rate_too_high", onset, evidence)
+    symptoms = _too_high_symptoms(h, cfg)
+    evidence["symptoms"] = symptoms or "none: the loss is falling"
+    # the ratio alone is advice: some healthy runs (small nets, Adam early on, fine-tuning
+    # heads) move their weights fast for a while and still learn well
+    return Detection("learning_rate_too_high", onset, evidence, severity=None if symptoms else "info",
+                     message="" if symptoms else "The loss is still falling: advice only, not a fault yet.")
+
+
+def _too_high_symptoms(h, cfg) -> list[str]:
+    """What in the run confirms that steps are too large: the loss does not fall, climbed well
+    above its best, or turned non-finite; the gradient norm grew by an order of magnitude."""
+    out = []
+    loss, seen = h.series("loss"), h.series("loss_seen") > 0
+    if (seen & ~np.isfinite(loss)).any():
+        out.append("non-finite loss")
+    st = _stalled(h, cfg)
+    if st is not None and st[0]:
+        out.append("loss not falling")
+    if st is not None and math.isfinite(h.min_loss) and st[1] > h.min_loss + 0.25 * abs(st[2] - h.min_loss) \
+            and st[1] > 1.25 * h.min_loss:
+        out.append("loss well above its best")
+    g = h.series("grad_norm")
+    g = g[np.isfinite(g) & (g > 0)]
+    if g.size >= 8 and float(np.median(g[-4:])) > 10 * float(np.median(g[:4])):
+        out.append("gradient norm grew 10x")
+    return out
 
 
 @rule("learning_rate_too_low")

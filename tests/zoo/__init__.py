@@ -145,5 +145,5 @@ def crashed(s: Scenario, seed: int, exc: BaseException) -> Outcome:
 
 def load() -> dict[str, Scenario]:
     """Import the scenario modules (which register themselves) and return the registry."""
-    from . import faults, healthy  # noqa: F401
+    from . import faults, faults_setup, healthy  # noqa: F401
     return SCENARIOS

@@ -1,0 +1,75 @@
+"""Faulty scripts whose mistake is in the set-up (the model's head, the loss, the loop), with
+the codes that name it: the checks that read the model and loss as well as the curves.
+
+Same conventions as :mod:`zoo.faults`: each script is what a user could plausibly have
+written, bug included.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import fault
+from .common import attach, batches, digits, mlp
+
+BINARY = ("chance_level_loss", "loss_plateau")
+
+
+def _even_odd(y: torch.Tensor) -> torch.Tensor:
+    return (y % 2).float()[:, None]
+
+
+# ======================================================================================
+# zero_gradients
+# ======================================================================================
+@fault("zero_gradients", onset=0, model="mlp-binary", fast=True,
+       planted="a one-unit output with nn.Softmax before BCELoss: the output is always exactly 1")
+def mlp_one_unit_softmax_bce(seed):
+    torch.manual_seed(seed)
+    Xtr, Ytr, _, _ = digits()
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 1), nn.Softmax(dim=1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.BCELoss()
+    probe = attach(model)
+    for step, (x, y) in zip(range(60), batches(Xtr, Ytr, 64, seed)):
+        loss = loss_fn(model(x), _even_odd(y))
+        opt.zero_grad(); loss.backward(); opt.step()
+    probe.detach()
+    return probe
+
+
+@fault("zero_gradients", onset=0, model="mlp-binary", fast=True,
+       planted="predictions rounded to 0/1 before an MSE loss: round() has zero gradient everywhere")
+def mlp_rounded_predictions_mse(seed):
+    torch.manual_seed(seed)
+    Xtr, Ytr, _, _ = digits()
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = nn.MSELoss()
+    probe = attach(model)
+    for step, (x, y) in zip(range(60), batches(Xtr, Ytr, 64, seed)):
+        pred = torch.round(torch.sigmoid(model(x)))     # "the labels are 0/1, so round the output"
+        loss = loss_fn(pred, _even_odd(y))
+        opt.zero_grad(); loss.backward(); opt.step()
+    probe.detach()
+    return probe
+
+
+@fault("zero_gradients", onset=0, model="mlp",
+       planted="a padding mask inverted (y == PAD instead of y != PAD): every sample's loss is masked out")
+def mlp_inverted_padding_mask(seed):
+    torch.manual_seed(seed)
+    Xtr, Ytr, _, _ = digits()
+    PAD = -100
+    model = mlp([64, 64, 10])
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    loss_fn = nn.CrossEntropyLoss(reduction="none")
+    probe = attach(model)
+    for step, (x, y) in zip(range(60), batches(Xtr, Ytr, 64, seed)):
+        per_sample = loss_fn(model(x), y)
+        mask = (y == PAD).float()                       # meant: y != PAD
+        loss = (per_sample * mask).sum() / mask.sum().clamp_min(1.0)
+        probe.observe(loss, targets=y)
+        opt.zero_grad(); loss.backward(); opt.step()
+    probe.detach()
+    return probe
