@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from .record import ACTIVATION_FIELDS, PARAM_FIELDS, SCALAR_FIELDS, Layout, StepRecord
+from .record import ACTIVATION_FIELDS, PARAM_FIELDS, SCALAR_FIELDS, Facts, Layout, StepRecord
 
 
 class _Ring:
@@ -70,6 +70,7 @@ class History:
 
     def __init__(self, layout: Layout, window: int = 1024, sketch: int = 2000):
         self.layout = layout
+        self._facts: Facts | None = None
         self.window = window
         n_p, n_a = len(layout.params), len(layout.activations)
         self._steps = _Ring(window, dtype=np.int64)
@@ -87,6 +88,18 @@ class History:
         self.min_loss = math.inf
         self.ever_had_grad = np.zeros(n_p, bool)
         self.first_param_norms = np.full(n_p, np.nan)
+
+    @property
+    def facts(self) -> Facts:
+        """What the backend learned after attach (transitional: derived from the layout until
+        backends send Facts with their flushes)."""
+        if self._facts is not None:
+            return self._facts
+        return Facts(n_classes=self.layout.n_classes, loss_kind=self.layout.loss_kind,
+                     in_optimizer=None if self.layout.in_optimizer is None else tuple(self.layout.in_optimizer))
+
+    def learn(self, facts: Facts) -> None:
+        self._facts = facts
 
     # -- writing ---------------------------------------------------------
     def append(self, rec: StepRecord) -> None:

@@ -64,6 +64,26 @@ class Layout:
         }
 
 
+@dataclass(frozen=True)
+class Facts:
+    """What a backend learns about the run after attach (first forward, loss, optimizer step).
+
+    Sent with flushes; the latest wins; rules read it as ``history.facts``.
+    """
+
+    n_classes: int = 0
+    loss_kind: str = ""            # "cross_entropy" | "nll" | "bce" | "bce_logits" | "mse" | ""
+    loss_name: str = ""            # the framework's own name of the loss
+    loss_from_logits: bool | None = None
+    output_activation: str = ""    # last activation on the output: softmax|log_softmax|sigmoid|tanh|relu|linear|""
+    output_units: int = 0
+    output_layer: str = ""
+    output_activation_index: int = -1
+    in_optimizer: tuple[bool, ...] | None = None
+    dropout_rates: tuple[tuple[str, float], ...] = ()
+    steps_per_epoch: int = 0       # 0: unknown
+
+
 @dataclass
 class StepRecord:
     """Everything measured on one training step (host-side, after a flush).
@@ -99,6 +119,11 @@ class StepRecord:
     target_max: float = NAN
     target_distinct: float = NAN          # distinct classes present in the batch
     target_is_index: float = NAN          # 1.0 when targets are integer class indices
+    target_mean: float = NAN
+    target_std: float = NAN
+    target_fractional: float = NAN        # share of targets with a non-zero fractional part
+    output_mean: float = NAN
+    grad_carried: float = NAN             # gradient already in .grad at a step's first backward / gradient after it
     batch_size: float = NAN
     # activations (sampled every activation_every steps)
     act_dead: np.ndarray = field(default_factory=lambda: np.zeros(0))    # share of units 0 for every sample
@@ -128,6 +153,7 @@ SCALAR_FIELDS = (
     "prob_rows", "output_nonfinite", "input_abs_max", "input_mean", "input_std",
     "input_nonfinite", "target_min", "target_max", "target_distinct",
     "target_is_index", "batch_size", "bn_eval_in_train",
+    "target_mean", "target_std", "target_fractional", "output_mean", "grad_carried",
 )
 PARAM_FIELDS = ("param_grad_norms", "param_norms", "update_ratios")
 ACTIVATION_FIELDS = ("act_dead", "act_sat", "act_scale")

@@ -61,4 +61,4 @@ class RuleRunner:
 
 
 # importing the families registers their rules
-from . import numerics, gradients, activations, curves, validation, data, optimizer, distributed  # noqa: E402,F401
+from . import numerics, gradients, activations, curves, validation, data, optimizer, setup, distributed  # noqa: E402,F401

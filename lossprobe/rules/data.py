@@ -113,8 +113,11 @@ def label_problem(h, cfg):
     c = int(h.layout.n_classes or 0)
     idx, _ = _recent(h, "target_is_index")
     is_index = idx.size > 0 and np.median(idx) >= 1
+    frac, _ = _recent(h, "target_fractional")
     problem = None
-    if kind in ("bce", "bce_logits") and (lo < 0 or hi > 1):
+    if is_index and frac.size and float(np.max(frac)) > 0:
+        problem = "class labels that are not integers (a class-index loss truncates them)"
+    elif kind in ("bce", "bce_logits") and (lo < 0 or hi > 1):
         problem = "binary targets outside [0, 1]"
     elif is_index and c >= 2 and (lo < 0 or hi >= c):
         problem = f"class indices outside 0..{c - 1}"
@@ -123,20 +126,30 @@ def label_problem(h, cfg):
         problem = "every target has the same value"
     if problem is None:
         return None
-    return Detection("label_problem", int(t[0]), {
-        "problem": problem, "target_min": lo, "target_max": hi, "output_classes": c, "loss": kind or "unknown"},
+    evidence = {"problem": problem, "target_min": lo, "target_max": hi, "output_classes": c, "loss": kind or "unknown"}
+    if frac.size and float(np.max(frac)) > 0:
+        evidence["non_integer_share"] = float(np.max(frac))
+    return Detection("label_problem", int(t[0]), evidence,
         message=problem[0].upper() + problem[1:] + ".")
 
 
 @rule("double_softmax")
 def double_softmax(h, cfg):
+    """A softmax output fed to a loss that applies softmax itself. Known from the model and
+    the loss (``facts``) when the backend can tell; otherwise from outputs that are already
+    probability rows (and, for an unknown loss, a loss stuck above the double-softmax floor)."""
+    f = h.facts
+    if f.output_activation == "softmax" and f.loss_kind == "cross_entropy" and h.first_step is not None:
+        return Detection("double_softmax", int(h.first_step), {
+            "output_layer": f.output_layer or "unknown", "output_activation": "softmax",
+            "loss": f.loss_name or f.loss_kind, "loss_expects": "logits"})
     prob, t = _recent(h, "prob_rows", 50)
     if prob.size < 3 or np.median(prob) < 0.99:
         return None
     c = int(h.layout.n_classes or 0)
     if c < 2:
         return None
-    kind = h.layout.loss_kind
+    kind = f.loss_kind
     if kind in ("nll", "bce", "mse"):
         return None  # these expect probabilities / log-probabilities: fine
     evidence = {"prob_like_rows": float(np.median(prob)), "classes": c, "loss": kind or "unknown"}

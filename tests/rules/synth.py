@@ -14,7 +14,7 @@ import numpy as np
 
 from lossprobe import Config
 from lossprobe.history import History
-from lossprobe.record import PARAM_FIELDS, SCALAR_FIELDS, Layout, StepRecord
+from lossprobe.record import PARAM_FIELDS, SCALAR_FIELDS, Facts, Layout, StepRecord
 from lossprobe.rules import RULES
 
 Series = Union[Callable[[int], float], np.ndarray, list, float, None]
@@ -34,14 +34,15 @@ def _at(series: Series, t: int, i: int):
 
 
 def synth(n: int, *, loss: Series = None, every: int = 1, sampled_every: int = 10, layout: dict | None = None,
-          window: int = 1024, **fields: Series) -> History:
+          facts: dict | None = None, window: int = 1024, **fields: Series) -> History:
     """A history of ``n`` steps (step numbers 0, every, 2*every, ...).
 
     ``loss`` and any StepRecord field (``grad_norm=``, ``param_grad_norms=`` with rows of
     len(PARAMS), ``target_min=`` ...) are a constant, a sequence over the steps or a function of
     the step number; a value of None leaves the field unmeasured on that step. Fields named in
     ``SAMPLED`` below are only set every ``sampled_every`` steps, as backends do.
-    ``layout``: Layout keyword overrides (``n_classes``, ``loss_kind``, ``kinds`` ...).
+    ``layout``: Layout keyword overrides (``activations``, ``kinds`` ...); ``facts``: what the
+    backend learned (``Facts`` fields: ``n_classes``, ``loss_kind``, ``output_activation`` ...).
     """
     lay = dict(framework="synthetic", params=list(PARAMS), param_sizes=list(SIZES),
                is_weight=[p.endswith("weight") for p in PARAMS])
@@ -69,6 +70,8 @@ def synth(n: int, *, loss: Series = None, every: int = 1, sampled_every: int = 1
             else:
                 raise KeyError(f"synth: unknown field {name}")
         h.append(rec)
+    if facts is not None:
+        h.learn(Facts(**facts))
     return h
 
 
