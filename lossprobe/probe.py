@@ -260,19 +260,25 @@ class Probe:
         dets = _resolve_conflicts(dets)
         new: list[Finding] = []
         fired = set()
+        now = self._history.last_step
         for det in dets:
             fired.add(det.code)
             if det.code in self._findings:
-                self._findings[det.code].update(det, self._history.last_step)
+                f = self._findings[det.code]
+                f.update(det, now)
+                f.resolved = False
             else:
                 f = Finding.from_detection(det)
+                f.last_step = max(f.last_step, now)
                 self._findings[det.code] = f
                 new.append(f)
         for code, f in self._findings.items():
             if code not in fired:
                 f.active = False
-        # converged is healthy; a stale plateau superseded by convergence stays in the record
-        self._health = worst(f.severity for f in self._findings.values())
+                # a warning whose condition cleared and stayed clear: kept, but no longer the
+                # run's health (criticals stay: a run that blew up once is not to be trusted)
+                f.resolved = f.severity != "critical" and now - f.last_step >= self.config.resolve_steps
+        self._health = health_of(self._findings.values())
         if self.config.on_critical == "raise" and not final:
             crit = [f for f in new if f.severity == "critical" and f.code not in self._raised]
             self._raised.update(f.code for f in crit)
@@ -303,6 +309,12 @@ class Probe:
             log.warning("lossprobe: %s", msg)
             import warnings
             warnings.warn(f"lossprobe: {msg}", RuntimeWarning, stacklevel=3)
+
+
+def health_of(findings) -> str:
+    """The run's health: critical once any critical finding fired; otherwise the worst finding
+    that is not resolved (``info`` counts as healthy)."""
+    return worst(f.severity for f in findings if f.severity == "critical" or not f.resolved)
 
 
 def _yield_gil() -> None:

@@ -1,9 +1,17 @@
 """Loss-curve rules: chance_level_loss, loss_plateau, loss_divergence, loss_spike,
 loss_oscillation, converged.
 
-All are scale-free (relative to the loss's own level and initial value), noise-aware
-(trends are judged by a Theil-Sen slope against the robust spread of the residuals)
-and silent during warm-up.
+All are scale-free (relative to the loss's own level and a reference: the initial loss, or
+ln(C) for a classifier) and silent during warm-up. They judge a curve against its own noise:
+
+* a trend counts when its Theil-Sen slope stands out of the residuals' robust spread, on the
+  per-step losses *and* on block medians (a few steps each), so the order of the batches in
+  an epoch (hard batches last, a one-sample last batch) does not pass for a trend;
+* each step's loss is judged at its own batch size: the loss of a batch of b samples scatters
+  ~sqrt(B/b) times more than one of the run's usual B, so a tiny last batch is no spike;
+* when epochs are known (the framework says, or a short last batch recurs with a period),
+  a run whose epoch means keep falling is learning: never diverging, on a plateau or
+  oscillating, whatever one window of mini-batch losses looks like.
 """
 from __future__ import annotations
 
@@ -34,6 +42,67 @@ class Trend:
     def high(self, share: float) -> bool:
         """Still above ``share`` of the initial loss (not yet learned much)."""
         return abs(self.level) > share * abs(self.initial)
+
+
+def epoch_length(h) -> int:
+    """Steps per epoch: what the backend learned (Keras/Paddle fit, trainers), else the period
+    of a recurring short batch (a last batch smaller than the others, ``drop_last=False``);
+    0 when unknown."""
+    e = int(getattr(h.facts, "steps_per_epoch", 0) or 0)
+    if e >= 2:
+        return e
+    b, steps = h.series("batch_size"), h.steps()
+    ok = np.isfinite(b)
+    if ok.sum() < 0.9 * b.size or b.size < 8:
+        return 0  # batch sizes not known on (almost) every step
+    med = float(np.median(b[ok]))
+    short = steps[ok & (b < med)]
+    if short.size < 2:
+        return 0
+    gaps = np.diff(short)
+    return int(gaps[0]) if gaps[0] >= 2 and (gaps == gaps[0]).all() else 0
+
+
+def epoch_means(h) -> np.ndarray:
+    """Mean training loss of each complete epoch in the window (weighted by batch size, as the
+    epoch's loss is), plus the epoch in progress once half of it is done. Empty when epochs
+    are unknown."""
+    e = epoch_length(h)
+    if e < 2:
+        return np.zeros(0)
+    loss, seen, steps, b = h.series("loss"), h.series("loss_seen") > 0, h.steps(), h.series("batch_size")
+    ok = seen & np.isfinite(loss)
+    if not ok.any():
+        return np.zeros(0)
+    w = np.where(np.isfinite(b), b, 1.0)
+    idx = (steps - steps[ok][0]) // e
+    out = []
+    for k in np.unique(idx[ok]):
+        sel = ok & (idx == k)
+        if sel.sum() >= max(2, e // 2):
+            out.append(float(np.sum(loss[sel] * w[sel]) / np.sum(w[sel])))
+    return np.asarray(out)
+
+
+def epochs_falling(h) -> bool:
+    """At least three epoch means, and the last one below the one before: learning at epoch
+    scale, whatever a window of mini-batch losses suggests."""
+    m = epoch_means(h)
+    return m.size >= 3 and m[-1] < m[-2]
+
+
+def block_z(t: np.ndarray, y: np.ndarray, blocks: int = 10) -> float:
+    """Theil-Sen z-score of the trend of block medians (``blocks`` consecutive groups of
+    steps). Per-step z-scores take neighbouring batches as independent; in an epoch they are
+    not (the same hard batches come at the same place), and block medians shrug off single
+    outlier batches."""
+    k = y.size // blocks
+    if k < 2:
+        return theil_sen(t, y)[1]
+    n = k * blocks
+    tb = t[-n:].reshape(blocks, k).mean(axis=1)
+    yb = np.median(y[-n:].reshape(blocks, k), axis=1)
+    return theil_sen(tb, yb)[1]
 
 
 def loss_trend(h, cfg, min_points: int | None = None) -> Trend | None:
@@ -69,11 +138,75 @@ def _reference_loss(h) -> float:
     plateau or a zig-zag at a "high" level."""
     init = h.initial_loss
     c = chance_classes(h)
-    if h.layout.loss_kind in ("bce", "bce_logits"):
+    if h.facts.loss_kind in ("bce", "bce_logits"):
         c = 2
-    if c >= 2 and h.layout.loss_kind in ("cross_entropy", "nll", "bce", "bce_logits") and math.isfinite(init) and init >= 0:
+    if c >= 2 and h.facts.loss_kind in ("cross_entropy", "nll", "bce", "bce_logits") and math.isfinite(init) and init >= 0:
         return max(init, math.log(c))
     return init
+
+
+def long_falling(h, cfg) -> bool:
+    """Still falling over the last two curve windows: a slow, steady fall (a few % per window)
+    is lost in one window's mini-batch noise but stands out over twice as many steps."""
+    loss, seen, steps = h.series("loss"), h.series("loss_seen") > 0, h.steps()
+    ok = seen & np.isfinite(loss)
+    y, t = loss[ok][-2 * cfg.curve_window:], steps[ok][-2 * cfg.curve_window:].astype(float)
+    if y.size < cfg.curve_window + cfg.curve_window // 2:
+        return False
+    start, level = thirds(y)
+    _, z = theil_sen(t, y)
+    return z <= -cfg.trend_z and start != 0 and (level - start) / abs(start) < -cfg.plateau_rel_drop
+
+
+@dataclass
+class Flat:
+    start_step: int          # first step of the flat stretch
+    level: float             # median loss over it
+    fall_per_window: float   # measured fall, as a share of the level per curve window
+    fall_upper: float        # the most it can be falling, given the noise (95% one-sided)
+
+
+def flat_stretch(h, cfg) -> Flat | None:
+    """The longest recent stretch over which the loss is shown to be flat: its fall per curve
+    window is at most ``plateau_rel_drop`` x 2.5 (2.5%) even at the upper end of what the
+    noise allows (Theil-Sen slope + 1.64 standard errors).
+
+    This is a test *that* the loss is flat, not a failed test that it falls: a noisy curve
+    must show enough steps before it counts as flat, and a slow, steady fall (3% a window
+    under 8% batch noise) never does. Stretches of 1 to 4 curve windows are tried, ending now.
+    """
+    loss, seen, steps = h.series("loss"), h.series("loss_seen") > 0, h.steps()
+    ok = seen & np.isfinite(loss)
+    y_all, t_all = loss[ok], steps[ok].astype(float)
+    w = cfg.curve_window
+    limit = 2.5 * cfg.plateau_rel_drop
+    best = None
+    for k in (1, 2, 3, 4):
+        if y_all.size < k * w:
+            break
+        y, t = y_all[-k * w:], t_all[-k * w:]
+        level = float(np.median(y))
+        if level <= 0:
+            return None
+        slope, z = theil_sen(t, y)
+        se = abs(slope / z) if z else 0.0
+        span = float(t[-1] - t[0]) or 1.0
+        per_window = w * span / max(y.size - 1, 1)   # steps that one curve window covers here
+        fall = -slope * per_window / level
+        upper = (-slope + 1.64 * se) * per_window / level
+        if upper <= limit:
+            best = Flat(int(t[0]), level, fall, upper)
+    return best
+
+
+def best_level(h) -> float:
+    """The lowest the loss has been over the whole run, as a running median of 5 (one lucky
+    batch is not a level)."""
+    _, v = h.loss_sketch()
+    v = v[np.isfinite(v)]
+    if v.size < 5:
+        return float(np.min(v)) if v.size else math.nan
+    return float(np.min(np.median(np.lib.stride_tricks.sliding_window_view(v, 5), axis=1)))
 
 
 def is_converged(tr: Trend, h, cfg) -> bool:
@@ -101,7 +234,7 @@ def is_converged(tr: Trend, h, cfg) -> bool:
 
 
 def chance_classes(h) -> int:
-    return int(h.layout.n_classes) if h.layout.n_classes and h.layout.n_classes >= 2 else 0
+    return int(h.facts.n_classes) if h.facts.n_classes and h.facts.n_classes >= 2 else 0
 
 
 @rule("chance_level_loss")
@@ -112,7 +245,7 @@ def chance_level_loss(h, cfg):
     if tr is None or h.first_step is None or tr.steps[0] < h.first_step + cfg.warmup_steps:
         return None  # every classifier starts at ln(C): the first steps at chance are expected
     c = chance_classes(h)
-    if h.layout.loss_kind in ("bce", "bce_logits"):
+    if h.facts.loss_kind in ("bce", "bce_logits"):
         c = 2
     candidates = [c] if c else [2]  # unknown width: only the unmistakable 0.6931
     for k in candidates:
@@ -133,27 +266,37 @@ def chance_level_loss(h, cfg):
 
 @rule("loss_plateau")
 def loss_plateau(h, cfg):
+    """The loss is shown to be flat (see :func:`flat_stretch`) while still above
+    ``plateau_high`` (30%) of the reference loss, not converged, not a zig-zag (that is
+    loss_oscillation), and not still falling from epoch to epoch or on validation."""
     tr = loss_trend(h, cfg, min_points=cfg.curve_window)
     if tr is None or tr.falling or is_converged(tr, h, cfg):
         return None
-    if tr.rel_change <= -cfg.plateau_rel_drop or tr.rel_change >= cfg.divergence_rise:
-        return None  # still falling by more than the tolerance, or rising (divergence)
-    if not tr.high(cfg.plateau_high):
+    if tr.rel_change >= cfg.divergence_rise:
+        return None  # rising: loss_divergence's call
+    flat = flat_stretch(h, cfg)
+    if flat is None or abs(flat.level) <= cfg.plateau_high * abs(tr.initial):
         return None
     if _oscillating(tr, cfg):
         return None  # big zig-zag: reported as loss_oscillation
+    if epochs_falling(h):
+        return None  # still learning from epoch to epoch
     from .validation import _paired, _rel
     p = _paired(h, cfg)
     if p is not None and _rel(p[1]) <= -0.05:
         return None  # validation still falls by >= 5%: still learning, the train curve is just noisy
-    return Detection("loss_plateau", int(tr.steps[0]), {
-        "loss": tr.level, "reference_loss": tr.initial, "relative_change_over_window": tr.rel_change,
-        "window_steps": int(tr.steps[-1] - tr.steps[0])},
+    return Detection("loss_plateau", flat.start_step, {
+        "loss": flat.level, "reference_loss": tr.initial, "fall_per_window": flat.fall_per_window,
+        "fall_per_window_at_most": flat.fall_upper, "flat_steps": int(h.last_step - flat.start_step)},
         message="Try a lower learning rate (or a decay schedule) or a smaller batch size.")
 
 
 @rule("loss_divergence")
 def loss_divergence(h, cfg):
+    """The loss climbs: over the window it rose by >= ``divergence_rise`` (25%) with a
+    significant slope (or sits 25% above its initial value and still climbs), the climb stands
+    out at block scale too, the level is 25% above the best the run reached, and - when
+    epochs are known - the epoch means rise as well."""
     tr = loss_trend(h, cfg)
     if tr is None:
         return None
@@ -161,10 +304,18 @@ def loss_divergence(h, cfg):
     above_start = tr.level > abs(tr.initial) * (1 + cfg.divergence_rise) if tr.initial > 0 else False
     if not (rising or (above_start and tr.slope_z >= cfg.trend_z)):
         return None
+    bz = block_z(tr.steps, tr.loss)
+    if bz < cfg.trend_z:
+        return None  # a rise the per-step test sees but blocks of steps do not: batch order or outliers
+    best = best_level(h)
+    if math.isfinite(best) and best > 0 and tr.level < (1 + cfg.divergence_rise) * best:
+        return None
+    if epochs_falling(h):
+        return None
     onset = int(tr.steps[int(np.argmin(tr.loss))])  # the curve's low point before the climb
     return Detection("loss_divergence", onset, {
         "loss_start_of_window": tr.start, "loss_now": tr.level, "relative_rise": tr.rel_change,
-        "slope_z": tr.slope_z, "reference_loss": tr.initial})
+        "slope_z": tr.slope_z, "block_slope_z": bz, "best_loss": best, "reference_loss": tr.initial})
 
 
 @rule("loss_spike")
@@ -183,13 +334,19 @@ def loss_spike(h, cfg):
     top = win.max(axis=1) - med  # the largest excursion the preceding window itself produced
     cur = y[w:]
     jump = cur - med
+    # each point at its own batch size: a batch of b samples scatters sqrt(B/b) times more
+    # than one of the run's usual size B (a one-sample last batch of an epoch ~ 5x at B=32)
+    b = h.series("batch_size")[ok]
+    usual = float(np.nanmedian(b)) if np.isfinite(b).any() else math.nan
+    noise = np.where(np.isfinite(b[w:]) & (b[w:] > 0), np.sqrt(np.maximum(usual / b[w:], 1.0)), 1.0) \
+        if math.isfinite(usual) else np.ones(cur.size)
     # A spike is something the recent run has not produced at all: at least 4x the largest
     # excursion of the last w steps (mini-batch losses have a heavy upper tail: the hardest
     # batch of 30 sits far above the median, and one twice as high is that tail, not a break),
     # and at least half the initial loss (one batch that costs half of what an untrained model
     # scores; a healthy run late in training has single hard batches of ~20% of that).
-    hit = ((jump > cfg.spike_mad * np.maximum(sig, 1e-12)) & (cur > 2 * np.abs(med))
-           & (jump > 0.5 * scale) & (jump >= 4.0 * top))
+    hit = ((jump > cfg.spike_mad * np.maximum(sig, 1e-12) * noise) & (cur > 2 * np.abs(med))
+           & (jump > 0.5 * scale * noise) & (jump >= 4.0 * top * noise))
     if not hit.any():
         return None
     k = int(np.argmax(hit))
@@ -212,7 +369,7 @@ def loss_oscillation(h, cfg):
     tr = loss_trend(h, cfg)
     if tr is None or tr.falling or not tr.high(cfg.plateau_high):
         return None
-    if not _oscillating(tr, cfg):
+    if not _oscillating(tr, cfg) or long_falling(h, cfg) or epochs_falling(h):
         return None
     d = np.diff(tr.loss)
     return Detection("loss_oscillation", int(tr.steps[0]), {

@@ -130,8 +130,8 @@ def run(s: Scenario, seed: int = 0) -> Outcome:
     detected_at = {c: int(log.get(c, probe.step)) for c in codes}
     onset = int(s.onset(probe)) if callable(s.onset) else int(s.onset)
     missing = [c for c in s.expect if c not in codes]
-    if s.silent:
-        unexpected = [c for c, sev in codes.items() if sev != "info" and c not in s.expect]
+    if s.silent:  # a warning that cleared and stayed clear (resolved) is not held against it
+        unexpected = [f.code for f in findings if f.severity != "info" and not f.resolved and f.code not in s.expect]
     else:
         unexpected = [c for c, sev in codes.items()
                       if sev == "critical" and c not in s.expect and c not in s.allow]
