@@ -69,9 +69,9 @@ def _reference_loss(h) -> float:
     plateau or a zig-zag at a "high" level."""
     init = h.initial_loss
     c = chance_classes(h)
-    if h.layout.loss_kind in ("bce", "bce_logits"):
+    if h.facts.loss_kind in ("bce", "bce_logits"):
         c = 2
-    if c >= 2 and h.layout.loss_kind in ("cross_entropy", "nll", "bce", "bce_logits") and math.isfinite(init) and init >= 0:
+    if c >= 2 and h.facts.loss_kind in ("cross_entropy", "nll", "bce", "bce_logits") and math.isfinite(init) and init >= 0:
         return max(init, math.log(c))
     return init
 
@@ -94,7 +94,7 @@ def is_converged(tr: Trend, h, cfg) -> bool:
 
 
 def chance_classes(h) -> int:
-    return int(h.layout.n_classes) if h.layout.n_classes and h.layout.n_classes >= 2 else 0
+    return int(h.facts.n_classes) if h.facts.n_classes and h.facts.n_classes >= 2 else 0
 
 
 @rule("chance_level_loss")
@@ -105,7 +105,7 @@ def chance_level_loss(h, cfg):
     if tr is None:
         return None
     c = chance_classes(h)
-    if h.layout.loss_kind in ("bce", "bce_logits"):
+    if h.facts.loss_kind in ("bce", "bce_logits"):
         c = 2
     candidates = [c] if c else [2]  # unknown width: only the unmistakable 0.6931
     for k in candidates:

@@ -82,7 +82,7 @@ def unshuffled_data(h, cfg):
                 "target_range_seen": float(np.max(hi) - np.min(lo)), "sampled_batches": int(lo.size)}
     idx, _ = _recent(h, "target_is_index", 30)
     distinct, _ = _recent(h, "target_distinct", 30)
-    classes = max(int(h.layout.n_classes or 0), int(np.max(hi) - np.min(lo) + 1))
+    classes = max(int(h.facts.n_classes or 0), int(np.max(hi) - np.min(lo) + 1))
     if idx.size and np.median(idx) >= 1 and distinct.size and batch.size and classes >= 2:
         evidence["distinct_labels_per_batch"] = float(np.median(distinct))
         evidence["expected_if_shuffled"] = round(expected_distinct(classes, float(np.median(batch))), 2)
@@ -98,8 +98,8 @@ def label_problem(h, cfg):
     if tmin.size < 2:
         return None
     lo, hi = float(np.min(tmin)), float(np.max(tmax))
-    kind = h.layout.loss_kind
-    c = int(h.layout.n_classes or 0)
+    kind = h.facts.loss_kind
+    c = int(h.facts.n_classes or 0)
     idx, _ = _recent(h, "target_is_index")
     is_index = idx.size > 0 and np.median(idx) >= 1
     problem = None
@@ -122,10 +122,10 @@ def double_softmax(h, cfg):
     prob, t = _recent(h, "prob_rows", 50)
     if prob.size < 3 or np.median(prob) < 0.99:
         return None
-    c = int(h.layout.n_classes or 0)
+    c = int(h.facts.n_classes or 0)
     if c < 2:
         return None
-    kind = h.layout.loss_kind
+    kind = h.facts.loss_kind
     if kind in ("nll", "bce", "mse"):
         return None  # these expect probabilities / log-probabilities: fine
     evidence = {"prob_like_rows": float(np.median(prob)), "classes": c, "loss": kind or "unknown"}

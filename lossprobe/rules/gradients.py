@@ -79,8 +79,8 @@ def frozen_parameters(h, cfg):
     names = h.layout.params
     no_grad = ~h.ever_had_grad
     not_in_opt = np.zeros(len(names), bool)
-    if h.layout.in_optimizer is not None:
-        not_in_opt = ~np.asarray(h.layout.in_optimizer, bool)
+    if h.facts.in_optimizer is not None:
+        not_in_opt = ~np.asarray(h.facts.in_optimizer, bool)
     # has a gradient, but its weights never move (every sampled update exactly zero)
     upd = h.matrix("update_ratios")
     grads = h.matrix("param_grad_norms")

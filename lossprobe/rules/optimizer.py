@@ -51,8 +51,8 @@ def _update_ratio(h, live_only: bool = False):
     if live_only:
         g = np.nan_to_num(h.matrix("param_grad_norms")[:, cols], nan=0.0)
         live = g > 0
-        if h.layout.in_optimizer is not None:
-            live &= np.asarray(h.layout.in_optimizer, bool)[cols][None, :]
+        if h.facts.in_optimizer is not None:
+            live &= np.asarray(h.facts.in_optimizer, bool)[cols][None, :]
         u = np.where(live, u, np.nan)
     sampled = np.isfinite(u).any(axis=1)
     if sampled.sum() < 3:
