@@ -32,7 +32,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from lossprobe import Config  # noqa: E402
 from lossprobe.history import History  # noqa: E402
-from lossprobe.record import ACTIVATION_FIELDS, PARAM_FIELDS, SCALAR_FIELDS, StepRecord  # noqa: E402
+from lossprobe.record import ACTIVATION_FIELDS, MASK_FIELDS, PARAM_FIELDS, SCALAR_FIELDS, StepRecord  # noqa: E402
 
 
 @dataclass
@@ -54,7 +54,7 @@ def records_of(h: History) -> list[StepRecord]:
     steps = h.steps()
     out = []
     scal = {n: h.series(n) for n in SCALAR_FIELDS}
-    mats = {n: h.matrix(n) for n in (*PARAM_FIELDS, *ACTIVATION_FIELDS, "param_grad_missing")}
+    mats = {n: h.matrix(n) for n in (*PARAM_FIELDS, *ACTIVATION_FIELDS, *MASK_FIELDS)}
     for i, s in enumerate(steps):
         rec = StepRecord.empty(int(s), h.layout)
         for n, v in scal.items():
@@ -75,23 +75,22 @@ def recording_of(probe, name: str, **kw) -> Recording:
 
 
 def diagnose(rec: Recording, config: Config | None = None):
-    """(findings, health) of a recorded run under the current rules, flushed as live."""
+    """(findings, health) of a recorded run under the current rules, flushed as live: the
+    records go through the probe's channel ``flush_every`` at a time, as a backend sends them."""
     from lossprobe.probe import Probe
+    from lossprobe.record import Flush
     cfg = dataclasses.replace(config or Config(), background=False)
     probe = Probe(rec.layout, cfg, sinks=[])
-    if rec.facts is not None and hasattr(probe._history, "learn"):
-        probe._history.learn(rec.facts)
     vals = sorted(rec.val_points)
     k = cfg.flush_every
     for i in range(0, len(rec.records), k):
         chunk = rec.records[i:i + k]
-        last = chunk[-1].step
-        vp = [v for v in vals if v[0] <= last]
+        vp = [v for v in vals if v[0] <= chunk[-1].step]
         vals = vals[len(vp):]
-        probe._process(chunk, vp)
+        probe.channel.ingest(Flush(records=chunk, val_points=vp, facts=rec.facts))
     if vals:
-        probe._process([], vals)
-    probe._evaluate(final=True)
+        probe.channel.ingest(Flush(val_points=vals))
+    probe.detach()
     return probe.findings, probe.health
 
 

@@ -34,37 +34,39 @@ class LossProbeCallback(keras.callbacks.Callback):
         self.config = config
         self.sinks = None if sinks is None else list(sinks)
         self.probe: lossprobe.Probe | None = None
-        self._backend: Any = None
+        self._driver: Any = None   # the backend's own fit callback, for this fit
 
     def on_train_begin(self, logs=None):
         self.probe = lossprobe.attach(self.model, config=self.config, sinks=self.sinks)
-        self._backend = self.probe._backend
-        self._backend._host("fit begin", self._backend._fit_begin, self.params or {})
+        self._driver = self.probe.backend.fit_callback()
+        self._driver.set_model(self.model)
+        self._driver.set_params(self.params or {})
+        self._driver.on_train_begin(logs)
 
     def on_epoch_begin(self, epoch, logs=None):
-        if self._backend is not None:
-            self._backend._host("epoch begin", self._backend._epoch_begin)
+        if self._driver is not None:
+            self._driver.on_epoch_begin(epoch, logs)
 
     def on_train_batch_begin(self, batch, logs=None):
-        if self._backend is None:
+        if self._driver is None:
             return
         try:
-            self._backend._host("batch", self._backend._fit_batch, batch)
+            self._driver.on_train_batch_begin(batch, logs)
         except lossprobe.TrainingHealthError:
             # fit stops here without calling on_train_end: leave the model as it came in
-            self._backend = None
+            self._driver = None
             self.probe.detach()
             raise
 
     def on_epoch_end(self, epoch, logs=None):
-        if self._backend is not None:
-            self._backend._host("epoch end", self._backend._epoch_end, logs or {})
+        if self._driver is not None:
+            self._driver.on_epoch_end(epoch, logs)
 
     def on_train_end(self, logs=None):
-        if self._backend is None:
+        if self._driver is None:
             return
-        backend, self._backend = self._backend, None
+        driver, self._driver = self._driver, None
         try:
-            backend._host("fit end", backend._fit_end)
+            driver.on_train_end(logs)
         finally:
             self.probe.detach()

@@ -20,8 +20,8 @@ What it does:
   the validation loss Lightning logged (``val_loss`` by default, read from
   ``trainer.callback_metrics`` at ``on_validation_end``) unless the probe already saw
   the validation losses itself (an ``nn.Module`` loss in ``validation_step``);
-* Lightning runs forward and backward *inside* ``optimizer.step(closure)``: the
-  gradients are read again at ``on_before_optimizer_step``, when they exist;
+* Lightning runs forward and backward *inside* ``optimizer.step(closure)``: the probe
+  reads the gradients when the closure returns (it does so for any closure);
 * publishing: without ``sinks=``, the probe reports to the console and to the run of
   the Trainer's ``MLFlowLogger`` or ``WandbLogger`` (same run id, so the lossprobe tags,
   metrics and report sit next to the module's own metrics). Under DDP only rank 0
@@ -93,7 +93,7 @@ class LossProbeCallback(_callback_base()):
 
     # -- lifecycle ----------------------------------------------------------------
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        if self.probe is not None and not self.probe._closed:
+        if self.probe is not None and self.probe.attached:
             return
         sinks = self.sinks
         if sinks is None:
@@ -111,11 +111,6 @@ class LossProbeCallback(_callback_base()):
             self.probe.detach()
 
     # -- training -------------------------------------------------------------------
-    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
-        backend = self._backend()
-        if backend is not None and getattr(backend, "_cur", None) is not None:
-            backend._safe("gradients", backend._read_grads, backend._cur)
-
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.probe is None:
             return
@@ -128,24 +123,17 @@ class LossProbeCallback(_callback_base()):
 
     # -- validation -------------------------------------------------------------------
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
-        self._val_seen = self._backend_val_count()
+        if self.probe is not None:
+            self._val_seen = self.probe.validation_losses_seen
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         if self.probe is None or getattr(trainer, "sanity_checking", False):
             return
-        if self._backend_val_count() > self._val_seen:
+        if self.probe.validation_losses_seen > self._val_seen:
             return  # the probe caught the validation losses itself (an nn.Module loss)
         v = (getattr(trainer, "callback_metrics", None) or {}).get(self.val_key)
         if v is not None:
             self.probe.observe(val_loss=v)
-
-    # -- internals ----------------------------------------------------------------------
-    def _backend(self) -> Any:
-        return getattr(self.probe, "_backend", None) if self.probe is not None and not self.probe._closed else None
-
-    def _backend_val_count(self) -> int:
-        b = self._backend()
-        return int(getattr(b, "_val_n", 0) or 0) + len(getattr(b, "_val_pending", ()) or ())
 
 
 def _is_tensor(x: Any) -> bool:

@@ -79,7 +79,7 @@ class LossProbeCallback(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                        **kwargs: Any) -> None:
-        if model is None or (self.probe is not None and not self.probe._closed):
+        if model is None or (self.probe is not None and self.probe.attached):
             return
         sinks = self.sinks
         if sinks is None:
@@ -108,18 +108,15 @@ class LossProbeCallback(TrainerCallback):
         self.probe.observe(float(logs["loss"]))  # a custom compute_loss: the logged average
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._val_seen = self._backend_val_count()  # evaluation, if any, runs after this
+        if self.probe is not None:
+            self._val_seen = self.probe.validation_losses_seen  # evaluation, if any, runs after this
 
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kwargs: Any) -> None:
-        if self.probe is None or self.probe._closed or not metrics or "eval_loss" not in metrics:
+        if self.probe is None or not self.probe.attached or not metrics or "eval_loss" not in metrics:
             return
-        if self._backend_val_count() > self._val_seen:
+        if self.probe.validation_losses_seen > self._val_seen:
             return  # the probe caught the evaluation losses itself (the model's nn.CrossEntropyLoss)
         self.probe.observe(val_loss=float(metrics["eval_loss"]))
-
-    def _backend_val_count(self) -> int:
-        b = getattr(self.probe, "_backend", None)
-        return int(getattr(b, "_val_n", 0) or 0) + len(getattr(b, "_val_pending", ()) or ())
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self._hook is not None:

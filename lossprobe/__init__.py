@@ -45,7 +45,7 @@ def attach(model: Any, *, optimizer: Any = None, config: Config | None = None,
     config = config or Config()
     backend = backend_for(model)(model, optimizer=optimizer, config=config)
     probe = Probe(backend.layout, config, sinks)
-    backend.start(probe)
+    backend.start(probe.channel)
     probe._start(backend)
     return probe
 

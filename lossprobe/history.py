@@ -14,6 +14,7 @@ Example::
     h.append(record)
     h.series("loss")          # recent losses, oldest first
     h.loss_sketch()           # (steps, losses) over the whole run
+    h.facts.n_classes         # what the backend learned (Facts(); the latest flush's)
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import math
 
 import numpy as np
 
-from .record import ACTIVATION_FIELDS, PARAM_FIELDS, SCALAR_FIELDS, Facts, Layout, StepRecord
+from .record import ACTIVATION_FIELDS, MASK_FIELDS, PARAM_FIELDS, SCALAR_FIELDS, Facts, Layout, StepRecord
 
 
 class _Ring:
@@ -68,15 +69,15 @@ class _Sketch:
 class History:
     """Recent window of all StepRecord fields plus a whole-run loss sketch."""
 
-    def __init__(self, layout: Layout, window: int = 1024, sketch: int = 2000):
+    def __init__(self, layout: Layout, window: int = 1024, sketch: int = 2000, facts: Facts | None = None):
         self.layout = layout
-        self._facts: Facts | None = None
+        self.facts = facts if facts is not None else Facts()
         self.window = window
         n_p, n_a = len(layout.params), len(layout.activations)
         self._steps = _Ring(window, dtype=np.int64)
         self._scalars = {name: _Ring(window) for name in SCALAR_FIELDS}
         self._params = {name: _Ring(window, (n_p,)) for name in PARAM_FIELDS}
-        self._missing = _Ring(window, (n_p,), dtype=bool)
+        self._masks = {name: _Ring(window, (n_p,), dtype=bool) for name in MASK_FIELDS}
         self._acts = {name: _Ring(window, (n_a,)) for name in ACTIVATION_FIELDS}
         self._loss_sketch = _Sketch(sketch)
         self._val_sketch = _Sketch(sketch)
@@ -89,18 +90,6 @@ class History:
         self.ever_had_grad = np.zeros(n_p, bool)
         self.first_param_norms = np.full(n_p, np.nan)
 
-    @property
-    def facts(self) -> Facts:
-        """What the backend learned after attach (transitional: derived from the layout until
-        backends send Facts with their flushes)."""
-        if self._facts is not None:
-            return self._facts
-        return Facts(n_classes=self.layout.n_classes, loss_kind=self.layout.loss_kind,
-                     in_optimizer=None if self.layout.in_optimizer is None else tuple(self.layout.in_optimizer))
-
-    def learn(self, facts: Facts) -> None:
-        self._facts = facts
-
     # -- writing ---------------------------------------------------------
     def append(self, rec: StepRecord) -> None:
         self._steps.append(rec.step)
@@ -108,7 +97,8 @@ class History:
             self._scalars[name].append(getattr(rec, name))
         for name in PARAM_FIELDS:
             self._params[name].append(getattr(rec, name))
-        self._missing.append(rec.param_grad_missing)
+        for name in MASK_FIELDS:
+            self._masks[name].append(getattr(rec, name))
         for name in ACTIVATION_FIELDS:
             self._acts[name].append(getattr(rec, name))
         if self.first_step is None:
@@ -124,6 +114,10 @@ class History:
             self.ever_had_grad |= ~rec.param_grad_missing
         if np.isnan(self.first_param_norms).all() and rec.param_norms.size:
             self.first_param_norms = np.array(rec.param_norms, dtype=float)
+
+    def set_facts(self, facts: Facts) -> None:
+        """The latest facts a backend sent (the newest wins)."""
+        self.facts = facts
 
     def add_val(self, step: int, val_loss: float) -> None:
         """Record one validation loss measured at training step ``step``."""
@@ -141,8 +135,8 @@ class History:
         """Recent per-parameter or per-activation rows: shape (steps, n)."""
         if name in self._params:
             return self._params[name].view()
-        if name == "param_grad_missing":
-            return self._missing.view()
+        if name in self._masks:
+            return self._masks[name].view()
         return self._acts[name].view()
 
     def loss_sketch(self) -> tuple[np.ndarray, np.ndarray]:
@@ -155,6 +149,6 @@ class History:
 
     def nbytes(self) -> int:
         """Bytes held by the buffers (constant after construction, plus the bounded sketches)."""
-        rings = [self._steps, self._missing, *self._scalars.values(), *self._params.values(), *self._acts.values()]
+        rings = [self._steps, *self._masks.values(), *self._scalars.values(), *self._params.values(), *self._acts.values()]
         sk = 16 * (len(self._loss_sketch.steps) + len(self._val_sketch.steps))
         return sum(r.data.nbytes for r in rings) + sk

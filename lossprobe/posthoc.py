@@ -21,9 +21,9 @@ import numpy as np
 from .config import Config
 from .findings import Finding
 from .history import History
-from .probe import _resolve_conflicts
-from .record import Layout, StepRecord
+from .record import Facts, Layout, StepRecord
 from .rules import RuleRunner
+from .verdict import Verdict
 
 # Rules that only need the loss curves (the rest need tensors a backend measures).
 CURVE_CODES = ["nan_loss", "softmax_overflow", "chance_level_loss", "loss_plateau", "loss_divergence",
@@ -74,8 +74,8 @@ def diagnose(source: Any, *, n_classes: int = 0, config: Config | None = None) -
     """Findings for a loss (and validation-loss) history alone."""
     cfg = config or Config()
     hist = load_history(source)
-    layout = Layout(framework="posthoc", n_classes=n_classes)
-    h = History(layout, window=max(cfg.window, len(hist["loss"])))
+    layout = Layout(framework="posthoc")
+    h = History(layout, window=max(cfg.window, len(hist["loss"])), facts=Facts(n_classes=n_classes))
     for s, l in zip(hist["step"], hist["loss"]):
         rec = StepRecord.empty(int(s), layout)
         if l is not None:
@@ -83,9 +83,6 @@ def diagnose(source: Any, *, n_classes: int = 0, config: Config | None = None) -
         h.append(rec)
     for s, v in zip(hist["val_step"], hist["val_loss"]):
         h.add_val(int(s), v)
-    runner = RuleRunner(CURVE_CODES)
-    # walk the history as training would have: findings carry the step they began
-    findings: dict[str, Finding] = {}
-    for det in _resolve_conflicts(runner.run(h, cfg)):
-        findings[det.code] = Finding.from_detection(det)
-    return sorted(findings.values(), key=lambda f: (f.severity != "critical", f.step))
+    verdict = Verdict()
+    verdict.apply(RuleRunner(CURVE_CODES).run(h, cfg), h.last_step, final=True)
+    return sorted(verdict.findings(), key=lambda f: (f.severity != "critical", f.step))

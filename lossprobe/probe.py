@@ -1,7 +1,10 @@
-"""Probe: owns one backend, the history, the rules and the sinks.
+"""Probe: owns one backend, the history, the verdict and the sinks.
 
 Data flows one way: backend hooks -> on-device reductions -> (every ``flush_every``
-steps, one host copy) -> StepRecords -> History -> rules -> Findings -> health -> sinks.
+steps, one host copy) -> Flush -> Channel -> StepRecords -> History -> rules -> Verdict
+-> sinks. The backend talks to the probe only through its :class:`~lossprobe.channel.Channel`;
+flush processing runs on a :class:`~lossprobe.worker.Worker` thread (inline when
+``on_critical="raise"``).
 
 Example::
 
@@ -16,25 +19,22 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import math
-import queue
-import threading
-import time
+import warnings
 from pathlib import Path
-
-import numpy as np
 from typing import Any, Iterable
 
 from . import __version__
-from .catalog import SEVERITY_RANK, worst
+from .channel import Channel
 from .config import Config
-from .findings import Detection, Finding
+from .findings import Finding
 from .history import History
 from .metrics import metric_rows
-from .record import Layout, StepRecord
+from .record import Flush, Layout
 from .rules import RuleRunner
 from .sinks import ConsoleSink, FinalReport, FlushUpdate, RunInfo, Sink
 from .tags import tracker_tags
+from .verdict import Verdict
+from .worker import RuleSchedule, Worker, yield_gil
 
 log = logging.getLogger("lossprobe")
 
@@ -53,22 +53,26 @@ class Probe:
 
     def __init__(self, layout: Layout, config: Config | None = None, sinks: Iterable[Sink | str] | None = None):
         self.config = config or Config()
-        self.layout = layout
+        self._layout = layout
         self._history = History(layout, window=self.config.window)
+        raising = self.config.on_critical == "raise"
         # on_critical="raise" promises the error at the very next step boundary after the flush
         # that saw the fault: that needs the rules inline, not on a worker a step or two behind
-        self._worker = _Worker(self) if self.config.background and self.config.on_critical != "raise" else None
+        self._worker = Worker(self._worker_error, lambda msg: self._warn_once("drain", msg)) \
+            if self.config.background and not raising else None
         self._runner = RuleRunner()
-        self._findings: dict[str, Finding] = {}
-        self._health = "healthy"
+        self._schedule = RuleSchedule(self.config.rules_every)
+        self._verdict = Verdict(collect_critical=raising, resolve_steps=self.config.resolve_steps)
         self._pending_raise: list[Finding] = []
-        self._raised: set[str] = set()
-        self._backend = None
+        self._backend: Any = None
         self._closed = False
         self._warned: set[str] = set()
-        self._since_eval = 0
         self._main_calls: collections.deque = collections.deque()
-        self.sinks: list[Sink] = [resolve_sink(s) for s in (["console"] if sinks is None else sinks)]
+        sinks = [resolve_sink(s) for s in (["console"] if sinks is None else sinks)]
+        if layout.rank != 0:  # data parallelism: one publisher; a sink with all_ranks stays everywhere
+            sinks = [s for s in sinks if getattr(s, "all_ranks", False)]
+        self.sinks: list[Sink] = sinks
+        self.channel = Channel(self._ingest, self._boundary, self._warn_once)
 
     # -- lifecycle --------------------------------------------------------
     def _start(self, backend) -> None:
@@ -89,8 +93,7 @@ class Probe:
             return
         self._closed = True
         if self._backend is not None:
-            if hasattr(self._backend, "finish"):  # close a step still open (no optimizer.step() after it)
-                self._guard("backend finish", self._backend.finish)
+            self._guard("backend finish", self._backend.finish)  # a step still open (no optimizer.step())
             self._guard("backend flush", self._backend.flush)
             self._guard("backend detach", self._backend.detach)
         if self._worker is not None:
@@ -103,20 +106,28 @@ class Probe:
             self._call_sink(sink, "close", final)
 
     @property
+    def attached(self) -> bool:
+        """True until :meth:`detach`."""
+        return not self._closed
+
+    @property
+    def backend(self) -> Any:
+        """The framework backend (its public methods serve the framework integrations)."""
+        return self._backend
+
+    @property
+    def layout(self) -> Layout:
+        return self._layout
+
+    @property
     def history(self) -> History:
         """The bounded history (waits for pending flush work first, so it is current)."""
         self._drain()
         return self._history
 
-    @history.setter
-    def history(self, value: History) -> None:
-        self._drain()
-        self._history = value
-
     def _drain(self) -> None:
-        w = self._worker
-        if w is not None and threading.current_thread() is not w.thread:
-            w.drain()
+        if self._worker is not None:
+            self._worker.drain()
 
     # -- user-facing ---------------------------------------------------------
     def observe(self, loss: Any = None, *, targets: Any = None, val_loss: Any = None,
@@ -140,17 +151,23 @@ class Probe:
     @property
     def findings(self) -> list[Finding]:
         self._drain()
-        return sorted(self._findings.values(), key=lambda f: (-SEVERITY_RANK[f.severity], f.step, f.code))
+        return self._verdict.findings()
 
     @property
     def health(self) -> str:
         self._drain()
-        return self._health
+        return self._verdict.health
 
     @property
     def step(self) -> int:
         h = self.history
         return h.last_step if h.last_step is not None else -1
+
+    @property
+    def validation_losses_seen(self) -> int:
+        """Validation losses the hooks captured so far (an integration that also has the
+        trainer's logged validation loss adds it only when this did not move)."""
+        return int(getattr(self._backend, "validation_losses_seen", 0) or 0)
 
     def tags(self) -> dict[str, str]:
         return tracker_tags(self.findings, self.health, self.layout.framework, __version__)
@@ -176,59 +193,74 @@ class Probe:
             raise ValueError(f"save_report: use a .json or .html path, got {path.name!r}")
         return path
 
-    # -- called by backends ----------------------------------------------------
-    def _ingest(self, records: list[StepRecord], val_points: list[tuple[int, float]] = (),
-                extra_rows: list[tuple[int, dict[str, float]]] = ()) -> None:
-        """A flush from a backend: processed on the probe's worker thread (or inline)."""
-        self._submit(self._process, records, val_points, extra_rows)
-
-    def _submit(self, fn, *args) -> None:
-        """Run host-side flush work (decoding, rules, sinks) off the training thread.
-
-        The device->host copy has already happened on the training thread; what is left is
-        numpy and Python, which the worker overlaps with the next steps' device compute."""
-        w = self._worker
-        if w is not None and threading.current_thread() is not w.thread:
-            w.submit(fn, *args)
+    # -- the channel's side ------------------------------------------------------
+    def _ingest(self, flush: Flush) -> None:
+        """A flush from the backend: processed on the worker thread (or inline)."""
+        if self._worker is not None and not self._worker.here():
+            self._worker.submit(self._process, flush)
         else:
-            self._guard("flush processing", fn, *args)
+            self._guard("flush processing", self._process, flush)
 
-    def _process(self, records: list[StepRecord], val_points: list[tuple[int, float]] = (),
-                 extra_rows: list[tuple[int, dict[str, float]]] = ()) -> None:
-        """A flush: append host records, run the rules, publish. Never raises into training.
+    def _boundary(self, raise_pending: bool = True) -> None:
+        """A step boundary (training thread): deliver queued sink updates, raise a pending
+        TrainingHealthError."""
+        if self._main_calls:
+            self._deliver()
+        if raise_pending and self._pending_raise:
+            pending, self._pending_raise = self._pending_raise, []
+            raise TrainingHealthError(pending)
 
-        ``extra_rows``: (step, {"lossprobe/<name>": value}) metrics a backend measured beyond
-        the StepRecord (e.g. the gradient noise scale); merged into the rows of their step."""
+    # -- flush processing --------------------------------------------------------
+    def _process(self, flush: Flush) -> None:
+        """Decode, append to the history, run the rules when due, publish."""
+        records = flush.decoded()
+        if flush.layout is not None and flush.layout != self._layout:
+            self._adopt(flush.layout)
+        if flush.facts is not None:
+            self._history.set_facts(flush.facts)
         for rec in records:
             self._history.append(rec)
-        for step, v in val_points:
+        for step, v in flush.val_points:
             self._history.add_val(step, v)
-        previous = self._health
-        self._since_eval += len(records)
-        new: list[Finding] = []
-        if self._since_eval >= self.config.rules_every or _urgent(records):
-            self._since_eval = 0
-            new = self._evaluate()
+        previous = self._verdict.health
+        new = self._evaluate() if self._schedule.due(records) else []
         rows: list = []
         if any(getattr(s, "wants_metrics", True) for s in self.sinks):
             rows = metric_rows(records, self.layout, self.config.max_layer_metrics)
-            for step, v in val_points:
+            for step, v in flush.val_points:
                 rows.append((int(step), {"lossprobe/val_loss": float(v)}))
-        if extra_rows:
+        if flush.extra_rows:
             at = {s: m for s, m in rows}
-            for step, m in extra_rows:
+            for step, m in flush.extra_rows:
                 if int(step) in at:
                     at[int(step)].update(m)
                 else:
                     rows.append((int(step), dict(m)))
-        update = FlushUpdate(rows, self.findings, new, self._health, previous, self.tags(),
-                             self.step)
-        on_worker = self._worker is not None and threading.current_thread() is self._worker.thread
+        update = FlushUpdate(rows, self._verdict.findings(), new, self._verdict.health, previous, self.tags(),
+                             self._history.last_step if self._history.last_step is not None else -1)
+        on_worker = self._worker is not None and self._worker.here()
         for sink in list(self.sinks):
             if on_worker and getattr(sink, "on_training_thread", False):
                 self._main_calls.append((sink, "on_flush", update))  # delivered at the next step boundary
             else:
                 self._call_sink(sink, "on_flush", update)
+
+    def _adopt(self, layout: Layout) -> None:
+        """The complete layout of a model that was not built at attach, sent with its first flush."""
+        if self._history.n_steps:
+            self._warn_once("layout", "the backend sent a second layout after steps were recorded; ignored")
+            return
+        self._layout = layout
+        self._history = History(layout, window=self.config.window, facts=self._history.facts)
+
+    def _evaluate(self, final: bool = False) -> list[Finding]:
+        if self._history.n_steps == 0:
+            return []
+        on_worker = self._worker is not None and self._worker.here()
+        dets = self._runner.run(self._history, self.config, pause=yield_gil if on_worker else None)
+        new = self._verdict.apply(dets, self._history.last_step, final=final)
+        self._pending_raise.extend(self._verdict.take_critical())
+        return new
 
     def _deliver(self) -> None:
         """On the training thread: hand sinks that must not be called from another thread
@@ -237,53 +269,6 @@ class Probe:
             sink, method, arg = self._main_calls.popleft()
             if sink in self.sinks:
                 self._call_sink(sink, method, arg)
-
-    def _boundary(self) -> None:
-        """Called by backends at each step boundary (training thread): delivers queued sink
-        updates and raises a pending TrainingHealthError."""
-        if self._main_calls:
-            self._deliver()
-        if self._pending_raise:
-            pending, self._pending_raise = self._pending_raise, []
-            raise TrainingHealthError(pending)
-
-    # -- internals ---------------------------------------------------------
-    def _evaluate(self, final: bool = False) -> list[Finding]:
-        if self._history.n_steps == 0:
-            return []
-        try:
-            on_worker = self._worker is not None and threading.current_thread() is self._worker.thread
-            dets = self._runner.run(self._history, self.config, pause=_yield_gil if on_worker else None)
-        except Exception as exc:  # pragma: no cover - RuleRunner already guards each rule
-            self._warn_once("rules", f"rule evaluation failed: {exc}")
-            return []
-        dets = _resolve_conflicts(dets)
-        new: list[Finding] = []
-        fired = set()
-        now = self._history.last_step
-        for det in dets:
-            fired.add(det.code)
-            if det.code in self._findings:
-                f = self._findings[det.code]
-                f.update(det, now)
-                f.resolved = False
-            else:
-                f = Finding.from_detection(det)
-                f.last_step = max(f.last_step, now)
-                self._findings[det.code] = f
-                new.append(f)
-        for code, f in self._findings.items():
-            if code not in fired:
-                f.active = False
-                # a warning whose condition cleared and stayed clear: kept, but no longer the
-                # run's health (criticals stay: a run that blew up once is not to be trusted)
-                f.resolved = f.severity != "critical" and now - f.last_step >= self.config.resolve_steps
-        self._health = health_of(self._findings.values())
-        if self.config.on_critical == "raise" and not final:
-            crit = [f for f in new if f.severity == "critical" and f.code not in self._raised]
-            self._raised.update(f.code for f in crit)
-            self._pending_raise.extend(crit)
-        return new
 
     def _call_sink(self, sink: Sink, method: str, arg) -> None:
         try:
@@ -303,99 +288,14 @@ class Probe:
             self._warn_once(what, f"{what} failed ({type(exc).__name__}: {exc})")
             return None
 
+    def _worker_error(self, what: str, exc: BaseException) -> None:
+        self._warn_once(what, f"{what} failed ({type(exc).__name__}: {exc})")
+
     def _warn_once(self, key: str, msg: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
             log.warning("lossprobe: %s", msg)
-            import warnings
             warnings.warn(f"lossprobe: {msg}", RuntimeWarning, stacklevel=3)
-
-
-def health_of(findings) -> str:
-    """The run's health: critical once any critical finding fired; otherwise the worst finding
-    that is not resolved (``info`` counts as healthy)."""
-    return worst(f.severity for f in findings if f.severity == "critical" or not f.resolved)
-
-
-def _yield_gil() -> None:
-    """Let a waiting training thread take the interpreter now. Without this, a worker busy
-    for milliseconds holds it for up to the switch interval (5 ms) while the training thread,
-    back from a device op, waits."""
-    time.sleep(0)
-
-
-class _Worker:
-    """One daemon thread that runs flush processing in order. ``drain()`` waits until all
-    submitted work is done (bounded: a stuck sink cannot hang training for ever)."""
-
-    def __init__(self, probe: "Probe", drain_timeout: float = 60.0):
-        self.probe = probe
-        self.queue: queue.Queue = queue.Queue()
-        self.drain_timeout = drain_timeout
-        self.thread = threading.Thread(target=self._run, name="lossprobe-flush", daemon=True)
-        self.thread.start()
-
-    def submit(self, fn, *args) -> None:
-        self.queue.put((fn, args))
-
-    def _run(self) -> None:
-        while True:
-            item = self.queue.get()
-            try:
-                if item is None:
-                    return
-                fn, args = item
-                self.probe._guard("flush processing", fn, *args)
-            finally:
-                self.queue.task_done()
-
-    def drain(self) -> None:
-        deadline = time.monotonic() + self.drain_timeout
-        with self.queue.all_tasks_done:
-            while self.queue.unfinished_tasks:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    self.probe._warn_once("drain", "flush processing is taking too long; reading what is done")
-                    return
-                self.queue.all_tasks_done.wait(min(left, 0.5))
-
-    def stop(self) -> None:
-        self.drain()
-        self.queue.put(None)
-        self.thread.join(timeout=5)
-
-
-def _urgent(records: list[StepRecord]) -> bool:
-    """A non-finite loss, gradient or input: run the rules now, not at the next rules_every."""
-    for r in records:
-        if (r.loss_seen and not math.isfinite(r.loss)) or (r.input_nonfinite > 0) or (
-                not math.isnan(r.grad_norm) and not math.isfinite(r.grad_norm)):
-            return True
-        g = r.param_grad_norms[~r.param_grad_missing] if r.param_grad_norms.size else r.param_grad_norms
-        # a row that is all NaN means "not measured on this step"; any Inf, or NaN beside
-        # finite values, is a gradient that broke
-        if g.size and not np.isfinite(g).all() and not np.isnan(g).all():
-            return True
-    return False
-
-
-def _resolve_conflicts(dets: list[Detection]) -> list[Detection]:
-    """Keep the verdicts consistent: a converged run has no plateau; a NaN run's curve rules
-    (divergence, spike, plateau, oscillation) are noise around the real cause."""
-    codes = {d.code for d in dets}
-    drop = set()
-    if "converged" in codes:
-        drop |= {"loss_plateau", "learning_rate_too_low"}
-    if "nan_loss" in codes:
-        drop |= {"loss_plateau", "loss_oscillation", "converged"}
-    if "loss_divergence" in codes:
-        drop |= {"loss_plateau"}
-    if "chance_level_loss" in codes:
-        drop |= {"converged", "loss_plateau"}  # the plateau at ln(C) is the chance-level finding
-    if codes & {"dead_relu", "vanishing_gradients", "frozen_parameters"}:
-        # tiny updates there come from gradients that do not arrive, not from the learning rate
-        drop |= {"learning_rate_too_low"}
-    return [d for d in dets if d.code not in drop]
 
 
 def resolve_sink(s: Sink | str) -> Sink:

@@ -1,24 +1,32 @@
-"""StepRecord: the one data contract between backends and rules.
+"""The data contract between backends and rules: Layout, Facts, StepRecord, Flush.
 
 A backend (torch, tensorflow, paddle) reduces what it sees on the device into a
 handful of numbers per step and, once every ``flush_every`` steps, copies them to
 the host as ``StepRecord`` objects. Rules never see a framework tensor; they only
 read these records (through :class:`lossprobe.history.History`).
 
-Every field is plain Python / numpy. A value that was not measured on a step is
-``nan`` (activation statistics are sampled every ``activation_every`` steps, update
-ratios likewise), so "not measured" and "measured as zero" never mix.
+* :class:`Layout` -- what is watched (parameter and activation names). Fixed at attach
+  and immutable; for a model that is not built yet at attach (Keras), the complete
+  layout arrives with the first :class:`Flush` and the probe builds its history from it.
+* :class:`Facts` -- what a backend learns while training runs (the loss, the output
+  layer, the optimizer's parameters, dropout). Frozen; each flush carries the latest,
+  and the history keeps it as ``history.facts``.
+* :class:`StepRecord` -- everything measured on one step. A value that was not measured
+  on a step is ``nan`` (activation statistics are sampled every ``activation_every``
+  steps), so "not measured" and "measured as zero" never mix.
 
 Example::
 
-    layout = Layout(framework="torch", params=["fc1.weight", "fc1.bias"])
+    layout = Layout(framework="torch", params=("fc1.weight", "fc1.bias"))
     rec = StepRecord.empty(step=3, layout=layout)
     rec.loss = 0.7
+    facts = Facts(n_classes=10, loss_kind="cross_entropy")
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -28,27 +36,46 @@ NAN = float("nan")
 ACTIVATION_KINDS = ("relu", "sigmoid", "tanh", "softmax", "batchnorm", "linear")
 
 
-@dataclass
+def _frozen(obj: Any, name: str, value: Any) -> None:
+    object.__setattr__(obj, name, value)
+
+
+@dataclass(frozen=True)
 class Layout:
     """What a backend watches; fixed at attach time, shared by all records of a run.
 
     ``params``: trainable parameter names in forward/registration order (first =
-    closest to the input). ``activations``: watched module names, with ``kinds``
-    giving each one's kind (one of ``ACTIVATION_KINDS``). ``n_classes`` is the
-    width of the model output when it looks like a classifier (else 0).
-    ``param_sizes``: element count per parameter (for weighting and reports).
+    closest to the input), with ``param_sizes`` (element counts) and ``is_weight``
+    (a weight matrix/kernel, not a bias or norm scale). ``activations``: watched module
+    names, ``kinds`` each one's kind (one of ``ACTIVATION_KINDS``). ``rank`` and
+    ``world_size``: this process under data parallelism. ``extra``: read-only
+    framework-specific objects (the data-parallel rank table, the noise scale).
+    Sequences are stored as tuples and ``extra`` as a read-only mapping: nothing
+    changes a layout once it is made.
     """
 
     framework: str
-    params: list[str] = field(default_factory=list)
-    param_sizes: list[int] = field(default_factory=list)
-    activations: list[str] = field(default_factory=list)
-    kinds: list[str] = field(default_factory=list)
-    n_classes: int = 0
-    in_optimizer: list[bool] | None = None  # per param; None when unknown
-    is_weight: list[bool] = field(default_factory=list)  # per param: a weight matrix/kernel (not bias/norm)
-    loss_kind: str = ""   # "cross_entropy" | "nll" | "bce" | "bce_logits" | "mse" | "" (unknown)
-    extra: dict[str, Any] = field(default_factory=dict)
+    params: Sequence[str] = ()
+    param_sizes: Sequence[int] = ()
+    activations: Sequence[str] = ()
+    kinds: Sequence[str] = ()
+    is_weight: Sequence[bool] = ()
+    rank: int = 0
+    world_size: int = 1
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("params", "param_sizes", "activations", "kinds", "is_weight"):
+            _frozen(self, name, tuple(getattr(self, name)))
+        _frozen(self, "extra", MappingProxyType(dict(self.extra)))
+
+    @property
+    def n_params(self) -> int:
+        return len(self.params)
+
+    @property
+    def n_activations(self) -> int:
+        return len(self.activations)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,31 +84,63 @@ class Layout:
             "param_sizes": list(self.param_sizes),
             "activations": list(self.activations),
             "kinds": list(self.kinds),
-            "n_classes": int(self.n_classes),
-            "in_optimizer": None if self.in_optimizer is None else list(self.in_optimizer),
             "is_weight": list(self.is_weight),
-            "loss_kind": self.loss_kind,
+            "rank": self.rank,
+            "world_size": self.world_size,
         }
+
+
+LOSS_KINDS = ("cross_entropy", "nll", "bce", "bce_logits", "mse", "")
+OUTPUT_ACTIVATIONS = ("softmax", "log_softmax", "sigmoid", "tanh", "relu", "linear", "")
 
 
 @dataclass(frozen=True)
 class Facts:
-    """What a backend learns about the run after attach (first forward, loss, optimizer step).
+    """What a backend learned about the run after attach; each flush carries the latest.
 
-    Sent with flushes; the latest wins; rules read it as ``history.facts``.
+    * ``n_classes``: output width when the model looks like a classifier, else 0.
+    * ``loss_kind``: "cross_entropy" (expects logits, applies softmax itself) | "nll"
+      (expects log-probabilities, or probabilities as Keras' ``from_logits=False``) |
+      "bce" (expects probabilities) | "bce_logits" | "mse" (any regression loss) | ""
+      (unknown). ``loss_name``: the framework's own name ("CrossEntropyLoss",
+      "binary_crossentropy", "F.cross_entropy"); ``loss_from_logits``: None when unknown.
+    * ``output_activation``: the activation applied last to the model's output
+      ("softmax" | "log_softmax" | "sigmoid" | "tanh" | "relu" | "linear" | "");
+      ``output_units`` (its last dimension), ``output_layer`` (the layer that made it),
+      ``output_activation_index``: the index into ``Layout.activations`` of the watched
+      activation that *is* the model output (-1: none).
+    * ``in_optimizer``: per parameter, held by the optimizer (None until known).
+    * ``dropout_rates``: (layer, drop probability) of every dropout layer active in training.
+    * ``steps_per_epoch``: training steps in one epoch when the framework knows it (Keras and
+      Paddle ``fit``, trainers); 0 when unknown.
+
+    Example::
+
+        facts = Facts(n_classes=10, loss_kind="cross_entropy", output_activation="linear")
+        dataclasses.replace(facts, in_optimizer=(True, True))
     """
 
     n_classes: int = 0
-    loss_kind: str = ""            # "cross_entropy" | "nll" | "bce" | "bce_logits" | "mse" | ""
-    loss_name: str = ""            # the framework's own name of the loss
+    loss_kind: str = ""
+    loss_name: str = ""
     loss_from_logits: bool | None = None
-    output_activation: str = ""    # last activation on the output: softmax|log_softmax|sigmoid|tanh|relu|linear|""
+    output_activation: str = ""
     output_units: int = 0
     output_layer: str = ""
     output_activation_index: int = -1
     in_optimizer: tuple[bool, ...] | None = None
     dropout_rates: tuple[tuple[str, float], ...] = ()
-    steps_per_epoch: int = 0       # 0: unknown
+    steps_per_epoch: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n_classes": self.n_classes, "loss_kind": self.loss_kind, "loss_name": self.loss_name,
+            "loss_from_logits": self.loss_from_logits, "output_activation": self.output_activation,
+            "output_units": self.output_units, "output_layer": self.output_layer,
+            "output_activation_index": self.output_activation_index,
+            "in_optimizer": None if self.in_optimizer is None else list(self.in_optimizer),
+            "dropout_rates": [list(d) for d in self.dropout_rates], "steps_per_epoch": self.steps_per_epoch,
+        }
 
 
 @dataclass
@@ -98,32 +157,33 @@ class StepRecord:
     loss_seen: float = 0.0                # 1.0 when a training loss was captured on this step
     lr: float = NAN
     # gradients
-    grad_norm: float = NAN                # global L2 norm over all grads
+    grad_norm: float = NAN                # global L2 norm over the measured grads
     param_grad_norms: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    param_grad_missing: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    param_grad_missing: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))     # no gradient at all
+    param_grad_unmeasured: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # a gradient it cannot read
+    grad_carried: float = NAN             # |grad already in .grad at the step's first backward| / |grad applied|
     param_norms: np.ndarray = field(default_factory=lambda: np.zeros(0))
     update_ratios: np.ndarray = field(default_factory=lambda: np.zeros(0))  # |dW|/|W|, sampled
     # model outputs (logits)
     logit_abs_max: float = NAN
     logit_std: float = NAN
-    softmax_saturation: float = NAN       # share of rows whose softmax max is exactly 1.0 in fp32
+    output_mean: float = NAN
+    softmax_saturation: float = NAN       # share of rows whose top-1 minus runner-up logit is >= -ln(fp32 tiny)
     prob_rows: float = NAN                # share of rows that already look like probabilities
     output_nonfinite: float = NAN         # count of NaN/Inf in outputs
     # inputs
     input_abs_max: float = NAN
     input_mean: float = NAN
     input_std: float = NAN
-    input_nonfinite: float = NAN
+    input_nonfinite: float = NAN          # count of NaN/Inf in the batch's inputs
     # targets
     target_min: float = NAN
     target_max: float = NAN
-    target_distinct: float = NAN          # distinct classes present in the batch
-    target_is_index: float = NAN          # 1.0 when targets are integer class indices
     target_mean: float = NAN
     target_std: float = NAN
+    target_distinct: float = NAN          # distinct classes present in the batch
+    target_is_index: float = NAN          # 1.0 when targets are integer class indices
     target_fractional: float = NAN        # share of targets with a non-zero fractional part
-    output_mean: float = NAN
-    grad_carried: float = NAN             # gradient already in .grad at a step's first backward / gradient after it
     batch_size: float = NAN
     # activations (sampled every activation_every steps)
     act_dead: np.ndarray = field(default_factory=lambda: np.zeros(0))    # share of units 0 for every sample
@@ -140,6 +200,7 @@ class StepRecord:
             step=step,
             param_grad_norms=np.full(n_p, np.nan),
             param_grad_missing=np.zeros(n_p, bool),
+            param_grad_unmeasured=np.zeros(n_p, bool),
             param_norms=np.full(n_p, np.nan),
             update_ratios=np.full(n_p, np.nan),
             act_dead=np.full(n_a, np.nan),
@@ -149,11 +210,34 @@ class StepRecord:
 
 
 SCALAR_FIELDS = (
-    "loss", "loss_seen", "lr", "grad_norm", "logit_abs_max", "logit_std", "softmax_saturation",
-    "prob_rows", "output_nonfinite", "input_abs_max", "input_mean", "input_std",
-    "input_nonfinite", "target_min", "target_max", "target_distinct",
-    "target_is_index", "batch_size", "bn_eval_in_train",
-    "target_mean", "target_std", "target_fractional", "output_mean", "grad_carried",
+    "loss", "loss_seen", "lr", "grad_norm", "grad_carried", "logit_abs_max", "logit_std", "output_mean",
+    "softmax_saturation", "prob_rows", "output_nonfinite", "input_abs_max", "input_mean", "input_std",
+    "input_nonfinite", "target_min", "target_max", "target_mean", "target_std", "target_distinct",
+    "target_is_index", "target_fractional", "batch_size", "bn_eval_in_train",
 )
 PARAM_FIELDS = ("param_grad_norms", "param_norms", "update_ratios")
+MASK_FIELDS = ("param_grad_missing", "param_grad_unmeasured")
 ACTIVATION_FIELDS = ("act_dead", "act_sat", "act_scale")
+
+
+@dataclass(frozen=True)
+class Flush:
+    """One flush from a backend to the probe (through :class:`lossprobe.channel.Channel`).
+
+    ``records``: the decoded steps, or a callable that decodes them (run off the training
+    thread, so the numpy work overlaps the next steps). ``val_points``: (step, validation
+    loss). ``extra_rows``: (step, {"lossprobe/<name>": value}) tracker metrics measured
+    beyond the StepRecord. ``facts``: the latest :class:`Facts` (None: unchanged).
+    ``layout``: the complete layout, sent once by a backend that could not know it at
+    attach (an unbuilt Keras model).
+    """
+
+    records: Sequence[StepRecord] | Callable[[], Sequence[StepRecord]] = ()
+    val_points: Sequence[tuple[int, float]] = ()
+    extra_rows: Sequence[tuple[int, dict[str, float]]] = ()
+    facts: Facts | None = None
+    layout: Layout | None = None
+
+    def decoded(self) -> list[StepRecord]:
+        r = self.records
+        return list(r() if callable(r) else r)

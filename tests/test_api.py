@@ -87,7 +87,7 @@ def test_module_loss_and_targets_captured_without_extra_line():
     h = probe.history
     assert h.n_steps == 25
     assert (h.series("loss_seen") == 1).all()
-    assert h.layout.loss_kind == "cross_entropy"
+    assert h.facts.loss_kind == "cross_entropy" and h.facts.loss_name == "CrossEntropyLoss"
     assert (h.series("target_is_index") == 1).all()
     assert h.series("target_max").max() <= 9 and h.series("target_distinct").min() >= 2
 
@@ -226,7 +226,7 @@ def test_dict_and_tuple_outputs_and_empty_batch():
             opt.zero_grad(); loss.backward(); opt.step()
         model(X[:0])  # an empty batch: no crash, no statistics from it
     assert probe.history.n_steps >= 12
-    assert probe.layout.n_classes == 10
+    assert probe.history.facts.n_classes == 10
     assert probe._warned == set()
 
 

@@ -40,7 +40,7 @@ def test_compiled_model_is_probed_without_recompiling():
     assert h.n_steps == 40 and (h.series("loss_seen") == 1).all()
     assert (h.series("grad_norm") > 0).all()
     assert probe.layout.params[0] == "0.weight"       # names of the original module
-    assert probe.layout.activations == []             # no hooks inside the compiled graph
+    assert list(probe.layout.activations) == []             # no hooks inside the compiled graph
     assert probe.health == "healthy"
 
 

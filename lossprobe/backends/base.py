@@ -1,7 +1,8 @@
 """What every backend shares: guarded capture.
 
 An exception inside a hook must never reach the user's training: the part that raised
-is reported once (through the probe) and switched off; the rest of the capture goes on.
+is reported once (through the probe's channel) and switched off; the rest of the capture
+goes on.
 
 Example::
 
@@ -17,7 +18,7 @@ from typing import Any, Callable
 
 class CaptureGuard:
     framework = ""
-    probe: Any = None
+    channel: Any = None   # lossprobe.channel.Channel, set by start()
     _disabled: set
 
     def _safe(self, part: str, fn: Callable, *args):
@@ -32,7 +33,14 @@ class CaptureGuard:
             if isinstance(exc, TrainingHealthError):
                 raise
             self._disabled.add(part)
-            if self.probe is not None:
-                self.probe._warn_once(f"{self.framework}:{part}", f"{part} capture failed "
-                                      f"({type(exc).__name__}: {exc}); switched off, training continues")
+            self._warn(part, f"{part} capture failed ({type(exc).__name__}: {exc}); switched off, "
+                             "training continues")
             return None
+
+    def finish(self) -> None:
+        """At detach, before the last flush: close a step that is still open (none by default)."""
+
+    def _warn(self, key: str, msg: str) -> None:
+        """Report once per key, through the probe's channel."""
+        if self.channel is not None:
+            self.channel.warn(f"{self.framework}:{key}", msg)

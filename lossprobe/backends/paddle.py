@@ -60,7 +60,8 @@ import paddle
 from paddle import nn
 
 from .base import CaptureGuard
-from ..record import Layout, StepRecord
+from ..capture.facts import FactSheet, output_activation
+from ..record import Flush, Layout, StepRecord
 
 _BN_BASE = getattr(getattr(nn, "layer", None) and nn.layer.norm, "_BatchNormBase", None)
 _BN_TYPES: tuple[type, ...] = (_BN_BASE,) if isinstance(_BN_BASE, type) else tuple(
@@ -93,6 +94,13 @@ def _loss_kind(fn: Any) -> str:
                     return "nll"  # expects probabilities, like NLL expects log-probabilities
                 return kind
     return ""
+
+
+def _loss_facts(fn: Any) -> dict[str, Any]:
+    kind = _loss_kind(fn)
+    name = type(fn).__name__ if isinstance(fn, nn.Layer) else getattr(fn, "__name__", type(fn).__name__)
+    logits = {"cross_entropy": True, "bce_logits": True, "nll": False, "bce": False}.get(kind)
+    return {"loss_kind": kind, "loss_name": name, "loss_from_logits": logits}
 
 
 def _is_loss_layer(layer: nn.Layer) -> bool:
@@ -222,10 +230,14 @@ class PaddleBackend(CaptureGuard):
             framework="paddle", params=[n for n, _ in named], param_sizes=[_numel(p) for p in self.params],
             activations=[n for n, _, _ in acts], kinds=[k for _, _, k in acts],
             is_weight=[len(p.shape) >= 2 for p in self.params])
+        self.facts = FactSheet(dropout_rates=tuple(
+            (n, float(m.p)) for n, m in self.net.named_sublayers()
+            if isinstance(m, nn.Dropout) and isinstance(getattr(m, "p", None), (int, float)) and m.p > 0))
         self.optimizer = optimizer
         self.mode = "forward"          # what closes a step: "hapi" | "optimizer" | "forward"
-        self.probe = None
+        self.channel = None
         self.n_host_reads = 0
+        self.validation_losses_seen = 0
         self._handles: list[Any] = []
         self._restore: list[tuple[Any, str, bool, Any, Any]] = []
         self._linked: Any = None       # the paddle.Model whose train_batch is wrapped
@@ -248,9 +260,9 @@ class PaddleBackend(CaptureGuard):
             self._set_in_optimizer(optimizer)
 
     # -- lifecycle ----------------------------------------------------------
-    def start(self, probe) -> None:
-        self.probe = probe
-        _ATTACHED[self.net] = probe
+    def start(self, channel) -> None:
+        self.channel = channel
+        _ATTACHED[self.net] = channel
         h = self._handles
         h.append(self.net.register_forward_pre_hook(self._root_pre))
         h.append(self.net.register_forward_post_hook(self._root_post))
@@ -307,8 +319,8 @@ class PaddleBackend(CaptureGuard):
         if self._cur is None:
             if len(self._pending) >= self.cfg.flush_every:
                 self.flush()
-            if self.probe is not None:
-                self.probe._boundary()
+            if self.channel is not None:
+                self.channel.boundary()
         return self._current()
 
     def _close_step(self) -> None:
@@ -348,8 +360,7 @@ class PaddleBackend(CaptureGuard):
                 try:
                     return orig(*args, **kwargs)
                 finally:
-                    if self.probe is not None:
-                        self.probe.flush()  # findings are current when fit returns
+                    self._safe("flush", self.flush)  # findings are current when fit returns
             return fit
 
         self._wrap(hm, "train_batch", make_train)
@@ -366,8 +377,7 @@ class PaddleBackend(CaptureGuard):
 
     def _hook_loss(self, hm: Any, loss: Any) -> None:
         self._hooked_loss = loss
-        if not self.layout.loss_kind:
-            self.layout.loss_kind = _loss_kind(loss)
+        self.facts.learn(**_loss_facts(loss))
         if isinstance(loss, nn.Layer):
             if loss not in self._loss_layers:
                 self._handles.append(loss.register_forward_post_hook(self._loss_layer_hook))
@@ -409,7 +419,7 @@ class PaddleBackend(CaptureGuard):
     def _set_in_optimizer(self, opt: Any) -> None:
         ids = _opt_param_ids(opt)
         if ids is not None:
-            self.layout.in_optimizer = [id(p) in ids for p in self.params]
+            self.facts.learn(in_optimizer=tuple(id(p) in ids for p in self.params))
 
     def _wrap_optimizer(self, opt: Any, closes_steps: bool) -> None:
         self._opt_wrapped = opt
@@ -528,18 +538,17 @@ class PaddleBackend(CaptureGuard):
         if out is None:
             if "outputs-shape" not in self._disabled:
                 self._disabled.add("outputs-shape")
-                if self.probe is not None:
-                    self.probe._warn_once("paddle:outputs", f"model output of type {type(output).__name__} holds "
-                                          "no tensor; output statistics are off for this run")
+                self._warn("outputs", f"model output of type {type(output).__name__} holds "
+                           "no tensor; output statistics are off for this run")
             return
         if _numel(out) == 0 or not paddle.is_floating_point(out):
             return
         shape = list(out.shape)
-        if self.layout.n_classes == 0 and len(shape) >= 2 and shape[-1] >= 2:
-            self.layout.n_classes = int(shape[-1])
-        j = self._act_out.get(id(out))
-        if j is not None and self.layout.kinds[j] in ("sigmoid", "tanh", "softmax"):
-            self.layout.kinds[j] = "output"  # a bounded output layer saturating is the prediction, not a fault
+        if cur.sampled or not self.facts.knows("output_units"):
+            self.facts.learn(output_units=int(shape[-1]) if shape else 1,
+                             output_activation=output_activation(out.grad_fn, lambda n: n.next_functions)
+                             or self.facts.facts.output_activation,
+                             output_activation_index=self._act_out.get(id(out), -1))
         o = _f32(out.detach())
         cur.out_max = o.abs().max()
         if cur.sampled:
@@ -585,18 +594,18 @@ class PaddleBackend(CaptureGuard):
             # validation: accumulated on the device, emitted at the next training step / flush
             self._val_sum = loss if self._val_sum is None else self._val_sum + loss
             self._val_n += 1
+            self.validation_losses_seen += 1
             return
         cur = self._loss_target()
-        if layer is not None and not self.layout.loss_kind:
-            self.layout.loss_kind = _loss_kind(layer)
+        if layer is not None:
+            self.facts.learn(**_loss_facts(layer))
         cur.losses.append(loss)
         cur.auto_loss = True
         self._last_loss = output
         if cur.sampled and cur.t_stats is None and len(inputs) >= 2 and isinstance(inputs[1], paddle.Tensor):
             pred = inputs[0]
-            if not self.layout.n_classes and isinstance(pred, paddle.Tensor) and len(pred.shape) >= 2 \
-                    and pred.shape[-1] >= 2:
-                self.layout.n_classes = int(pred.shape[-1])  # a loss inside forward runs before the root's output
+            if not self.facts.knows("output_units") and isinstance(pred, paddle.Tensor) and len(pred.shape) >= 2:
+                self.facts.learn(output_units=int(pred.shape[-1]))  # a loss inside forward runs before the root's output
             self._target_stats(cur, inputs[1])
 
     def _target_stats(self, cur: _Step, y: paddle.Tensor) -> None:
@@ -605,7 +614,7 @@ class PaddleBackend(CaptureGuard):
             return
         shape = list(y.shape)
         cur.batch = float(shape[0]) if shape else 1.0
-        c = int(self.layout.n_classes or 0)
+        c = self.facts.facts.output_units
         yf = _f32(y)
         lo, hi = yf.min(), yf.max()
         floating = paddle.is_floating_point(y)
@@ -708,8 +717,8 @@ class PaddleBackend(CaptureGuard):
         records = [self._decode(i, s, grad_idx[i], got) for i, s in enumerate(steps)]
         val_points = [(st, float(got[(-1 - k, "val")][0]) if (-1 - k, "val") in got else float(v))
                       for k, (st, v) in enumerate(vals)]
-        if self.probe is not None:
-            self.probe._ingest(records, val_points)
+        if self.channel is not None:
+            self.channel.ingest(Flush(records=records, val_points=val_points, facts=self.facts.facts))
 
     def _decode(self, i: int, s: _Step, gi: list[int], got) -> StepRecord:
         rec = StepRecord.empty(s.step, self.layout)

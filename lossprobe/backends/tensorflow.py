@@ -62,7 +62,8 @@ import tensorflow as tf
 import keras
 
 from .base import CaptureGuard
-from ..record import Layout, StepRecord
+from ..capture.facts import FactSheet
+from ..record import Flush, Layout, StepRecord
 
 _UPDATE_SAMPLE = 4096  # elements per weight tensor used for update/weight ratios
 _ATTACHED: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
@@ -82,16 +83,29 @@ _REGRESSION = ("mean_squared_error", "mse", "mean_absolute_error", "mae", "huber
                "mean_squared_logarithmic_error", "msle", "mean_absolute_percentage_error", "mape")
 
 
-def _activation_name(fn: Any) -> str | None:
+_OUTPUT_ACTIVATIONS = {**_ACT_NAMES, "log_softmax": "log_softmax", "linear": "linear", "leaky_relu": "relu"}
+
+
+def _keras_activation(fn: Any) -> str:
+    """The Keras name of an activation function ('' when there is none)."""
     if fn is None:
-        return None
+        return ""
     try:
         name = keras.activations.serialize(fn)
     except Exception:
         name = getattr(fn, "__name__", None)
     if isinstance(name, dict):
         name = name.get("config", name.get("class_name"))
-    return _ACT_NAMES.get(str(name).lower()) if name else None
+    return str(name).lower() if name else ""
+
+
+def _activation_name(fn: Any) -> str | None:
+    return _ACT_NAMES.get(_keras_activation(fn))
+
+
+def _output_activation(fn: Any) -> str:
+    """Facts.output_activation of a layer whose activation is ``fn`` (a layer without one is linear)."""
+    return _OUTPUT_ACTIVATIONS.get(_keras_activation(fn), "") if fn is not None else "linear"
 
 
 def _layer_kind(layer: Any) -> str | None:
@@ -109,12 +123,17 @@ def _layer_kind(layer: Any) -> str | None:
     return _activation_name(getattr(layer, "activation", None))
 
 
-def _loss_kind(loss: Any) -> tuple[str, str]:
-    """(Layout.loss_kind, the Keras name) for a compiled loss. Keras cross-entropy on
+def _loss_facts(loss: Any) -> dict[str, Any]:
+    """Facts about a compiled loss: kind, Keras name, from_logits. Keras cross-entropy on
     probabilities (``from_logits=False``, the default) expects normalised outputs, as
     torch's NLLLoss does: it is reported as "nll" so no rule mistakes it for a logits loss."""
+    kind, name, from_logits = _loss_kind(loss)
+    return {"loss_kind": kind, "loss_name": name, "loss_from_logits": from_logits if name else None}
+
+
+def _loss_kind(loss: Any) -> tuple[str, str, bool]:
     if loss is None or isinstance(loss, (list, tuple, dict)):
-        return "", ""
+        return "", "", False
     from_logits = False
     if isinstance(loss, str):
         name = loss
@@ -124,12 +143,12 @@ def _loss_kind(loss: Any) -> tuple[str, str]:
         from_logits = bool(getattr(loss, "_fn_kwargs", {}).get("from_logits", getattr(loss, "from_logits", False)))
     name = str(name).lower()
     if name in _CE:
-        return ("cross_entropy" if from_logits else "nll"), name
+        return ("cross_entropy" if from_logits else "nll"), name, from_logits
     if name == "binary_crossentropy":
-        return ("bce_logits" if from_logits else "bce"), name
+        return ("bce_logits" if from_logits else "bce"), name, from_logits
     if name in _REGRESSION:
-        return "mse", name
-    return "", name
+        return "mse", name, from_logits
+    return "", name, from_logits
 
 
 def _first_tensor(obj: Any):
@@ -222,8 +241,9 @@ class KerasBackend(CaptureGuard):
         self.model = model
         self.cfg = config
         self.optimizer = optimizer
-        self.probe = None
+        self.channel = None
         self.n_host_reads = 0
+        self.validation_losses_seen = 0
         self._patches: list[tuple[Any, str, bool, Any]] = []
         self._patched_opts: set[int] = set()
         self._disabled: set[str] = set()
@@ -249,9 +269,14 @@ class KerasBackend(CaptureGuard):
             if kind:
                 acts.append((layer, kind))
         self._act_layers = [l for l, _ in acts]
+        self._kinds = [k for _, k in acts]
         self.layout = Layout(framework="tensorflow", activations=[self._layer_name(l) for l, _ in acts],
-                             kinds=[k for _, k in acts])
+                             kinds=self._kinds)
+        self._layout_unsent = False   # a layout completed after attach travels with the next flush
         self._bn_idx = [j for j, (_, k) in enumerate(acts) if k == "batchnorm"]
+        self.facts = FactSheet(dropout_rates=tuple(
+            (self._layer_name(l), float(l.rate)) for l in self._layers()
+            if isinstance(l, keras.layers.Dropout) and float(getattr(l, "rate", 0.0) or 0.0) > 0))
         self._set_loss_kind()
         self._build_layout()
 
@@ -272,34 +297,29 @@ class KerasBackend(CaptureGuard):
         return str(getattr(layer, "path", None) or layer.name)
 
     def _set_loss_kind(self) -> None:
-        loss = getattr(self.model, "loss", None)
-        kind, name = _loss_kind(loss)
-        self.layout.loss_kind = kind
-        if name:
-            self.layout.extra["keras_loss"] = name
+        self.facts.learn(**_loss_facts(getattr(self.model, "loss", None)))
 
     def _build_layout(self) -> bool:
-        """Fill the parameter part of the layout (needs a built model). True when done."""
+        """The parameter part of the layout (needs a built model). True when done."""
         variables = list(self.model.trainable_variables)
         if not variables:
             return False
         self._vars = variables
         self._var_idx = {id(v): i for i, v in enumerate(variables)}
         shapes = [tuple(int(d or 0) for d in v.shape) for v in variables]
-        names = [str(getattr(v, "path", None) or v.name) for v in variables]
-        lay = self.layout
-        lay.params[:] = names
-        lay.param_sizes[:] = [int(np.prod(s)) if s else 1 for s in shapes]
-        lay.is_weight[:] = [len(s) >= 2 for s in shapes]
+        self.layout = Layout(framework="tensorflow", activations=self.layout.activations, kinds=self._kinds,
+                             params=[str(getattr(v, "path", None) or v.name) for v in variables],
+                             param_sizes=[int(np.prod(s)) if s else 1 for s in shapes],
+                             is_weight=[len(s) >= 2 for s in shapes])
+        self._layout_unsent = self.channel is not None   # attach has handed out the one without params
         self.weight_idx = [i for i, s in enumerate(shapes) if len(s) >= 2] or list(range(len(shapes)))
-        self._mark_output_layers()
+        self._learn_output_layer()
         self._infer_classes()
-        lay.extra["update_ratio_sample"] = _UPDATE_SAMPLE
         return True
 
-    def _mark_output_layers(self) -> None:
-        """A bounded activation that *is* the model output (softmax/sigmoid head) is the
-        prediction: saturating there is confidence, not a fault. Torch's backend does the same."""
+    def _learn_output_layer(self) -> None:
+        """The layer that makes the model output: its activation, and whether it is watched
+        (a bounded activation that *is* the output saturating is the prediction, not a fault)."""
         outs = []
         try:
             for t in tf.nest.flatten(self.model.outputs):
@@ -307,12 +327,15 @@ class KerasBackend(CaptureGuard):
         except Exception:
             if isinstance(self.model, keras.Sequential) and self.model.layers:
                 outs.append(self.model.layers[-1])
-        for j, layer in enumerate(self._act_layers):
-            if any(layer is o for o in outs) and self.layout.kinds[j] in ("sigmoid", "tanh", "softmax"):
-                self.layout.kinds[j] = "output"
+        if not outs:
+            return
+        layer = outs[0]
+        act = "softmax" if isinstance(layer, keras.layers.Softmax) else _output_activation(getattr(layer, "activation", None))
+        index = next((j for j, l in enumerate(self._act_layers) if l is layer), -1)
+        self.facts.learn(output_layer=self._layer_name(layer), output_activation=act, output_activation_index=index)
 
     def _infer_classes(self, out_shape=None) -> None:
-        if self.layout.n_classes:
+        if self.facts.knows("output_units"):
             return
         shape = out_shape
         if shape is None:
@@ -324,13 +347,13 @@ class KerasBackend(CaptureGuard):
             c = int(shape[-1]) if len(shape) >= 2 and shape[-1] is not None else 0
         except Exception:
             c = 0
-        if c >= 2:
-            self.layout.n_classes = c
+        if c >= 1:
+            self.facts.learn(output_units=c)
 
     # -- lifecycle ----------------------------------------------------------------------
-    def start(self, probe) -> None:
-        self.probe = probe
-        _ATTACHED[self.model] = probe
+    def start(self, channel) -> None:
+        self.channel = channel
+        _ATTACHED[self.model] = channel
         m = self.model
         self._patch(m, "call", self._wrap_model_call(m.call))
         self._patch(m, "train_step", self._wrap_train_step(m.train_step))
@@ -397,10 +420,6 @@ class KerasBackend(CaptureGuard):
         if replicas > 1:
             raise NotImplementedError(f"lossprobe: training under a distribution strategy with {replicas} "
                                       "replicas is not supported yet; the probe stays off")
-        if self.probe is not None and self.probe.history.n_steps == 0 and \
-                self.probe.history.matrix("param_norms").shape[1] != len(self.layout.params):
-            from ..history import History  # layout completed after attach (model was not built)
-            self.probe.history = History(self.layout, window=self.probe.config.window)
         n_p, n_a = len(self.layout.params), len(self.layout.activations)
         self.n_p, self.n_a = n_p, n_a
         self._GRAD, self._PNORM = _FIXED, _FIXED + n_p
@@ -444,9 +463,14 @@ class KerasBackend(CaptureGuard):
         (a TrainingHealthError under ``on_critical="raise"`` is the one exception)."""
         if self._detached:
             return None   # detached in the middle of a fit: the rest of it is not ours
-        if self.probe is None:
+        try:
             return fn(*args)
-        return self.probe._guard(f"keras {what}", fn, *args)
+        except Exception as exc:
+            from ..probe import TrainingHealthError
+            if isinstance(exc, TrainingHealthError) or self.channel is None:
+                raise
+            self._warn(what, f"keras {what} failed ({type(exc).__name__}: {exc})")
+            return None
 
     def _recording(self) -> bool:
         return self._armed and self._fwd_training and "capture" not in self._disabled
@@ -567,6 +591,11 @@ class KerasBackend(CaptureGuard):
                 self._in_fit = False   # also when fit stopped on an exception (no on_train_end)
         return fit
 
+    def fit_callback(self) -> keras.callbacks.Callback:
+        """The callback that drives this probe through one ``fit``: the wrapped ``model.fit``
+        adds it; a probe attached once ``fit`` had begun (``LossProbeCallback``) forwards to it."""
+        return _FitCallback(self)
+
     # -- host side of fit ------------------------------------------------------------------
     def _fit_begin(self, params: dict) -> None:
         m = self.model
@@ -592,8 +621,8 @@ class KerasBackend(CaptureGuard):
         self._host_steps = self._epoch_base + int(batch)
         if self._armed and self._host_steps - self._flushed >= self.cfg.flush_every:
             self.flush()
-        if self.probe is not None:
-            self.probe._boundary()  # raises TrainingHealthError when on_critical="raise"
+        if self.channel is not None:
+            self.channel.boundary()  # raises TrainingHealthError when on_critical="raise"
 
     def _epoch_end(self, logs: dict) -> None:
         self._host_steps += self._spe  # the epoch's last execution (an upper bound; exact at flush)
@@ -738,11 +767,11 @@ class KerasBackend(CaptureGuard):
             yp = _first_tensor(y_pred)
             if yp is not None:
                 self._infer_classes(yp.shape)
-        c = int(self.layout.n_classes or 0)
-        kind = self.layout.loss_kind
+        facts = self.facts.facts
+        c, kind = facts.n_classes, facts.loss_kind
         one_hot = (_is_float(y) and c >= 2 and y.shape.rank is not None and y.shape.rank >= 2
                    and y.shape[-1] == c and kind in ("cross_entropy", "nll"))
-        sparse_float = _is_float(y) and c >= 2 and self.layout.extra.get("keras_loss") == _CE[0]
+        sparse_float = _is_float(y) and c >= 2 and facts.loss_name == _CE[0]
 
         def stats():
             nan = tf.constant(math.nan)
@@ -845,9 +874,8 @@ class KerasBackend(CaptureGuard):
         if loss is None and targets is None and gradients is None:
             return
         if self._in_fit:
-            if self.probe is not None:
-                self.probe._warn_once("tensorflow:observe-fit", "observe(loss/gradients) during model.fit is "
-                                      "ignored: fit's loss and gradients are captured already")
+            self._warn("observe-fit", "observe(loss/gradients) during model.fit is "
+                       "ignored: fit's loss and gradients are captured already")
             return
         if not self._armed and not self._arm():
             return
@@ -868,15 +896,15 @@ class KerasBackend(CaptureGuard):
             self._host_steps += 1
             if self._host_steps - self._flushed >= self.cfg.flush_every:
                 self.flush()
-            if self.probe is not None:
-                self.probe._boundary()
+            if self.channel is not None:
+                self.channel.boundary()
         else:  # called inside the user's tf.function: record in-graph, read at flush()/detach()
             self._observe_graph(loss, targets, grads)
-            if not self._graph_observe_warned and self.probe is not None:
+            if not self._graph_observe_warned:
                 self._graph_observe_warned = True
-                self.probe._warn_once("tensorflow:observe-graph", "observe() was called inside a tf.function: "
-                                      "statistics are recorded but read only at probe.flush()/detach(); "
-                                      "return loss and gradients from the compiled step and call observe() outside it")
+                self._warn("observe-graph", "observe() was called inside a tf.function: "
+                           "statistics are recorded but read only at probe.flush()/detach(); "
+                           "return loss and gradients from the compiled step and call observe() outside it")
 
     def _observe_graph(self, loss, targets, grads) -> None:
         opt = self._observe_opt
@@ -901,8 +929,8 @@ class KerasBackend(CaptureGuard):
         if not vals and self._host_steps == self._flushed and not self._graph_observe_warned:
             return  # nothing can be pending: no read
         if not self._armed:
-            if vals and self.probe is not None:
-                self.probe._ingest([], [(s, float(v)) for s, v in vals])
+            if vals:
+                self._send([], [(s, float(v)) for s, v in vals])
             return
         extra = [tf.reshape(tf.cast(v, tf.float64), []) if isinstance(v, (tf.Tensor, tf.Variable))
                  else tf.constant(float(v), tf.float64) for _, v in vals]
@@ -914,16 +942,22 @@ class KerasBackend(CaptureGuard):
         now = int(host[rk])
         val_host = host[rk + 1:]
         start = max(self._flushed, now - self.R + 1)
-        if start > self._flushed and self.probe is not None:
-            self.probe._warn_once("tensorflow:ring", f"{start - self._flushed} steps were overwritten before "
+        if start > self._flushed:
+            self._warn("ring", f"{start - self._flushed} steps were overwritten before "
                                   "they were read (raise flush_every's ring or flush more often)")
         records = [self._decode(s, ring[s % self.R]) for s in range(start, now)]
         self._flushed = now
         self._epoch_base += now - self._host_steps   # the host's step estimate, corrected
         self._host_steps = now
         val_points = [(min(s, max(0, now - 1)), float(val_host[k])) for k, (s, _) in enumerate(vals)]
-        if self.probe is not None and (records or val_points):
-            self.probe._ingest(records, val_points)
+        if records or val_points:
+            self._send(records, val_points)
+
+    def _send(self, records: list[StepRecord], val_points: list[tuple[int, float]]) -> None:
+        if self.channel is None:
+            return
+        layout, self._layout_unsent = (self.layout if self._layout_unsent else None), False
+        self.channel.ingest(Flush(records=records, val_points=val_points, facts=self.facts.facts, layout=layout))
 
     def _decode(self, step: int, row: np.ndarray) -> StepRecord:
         rec = StepRecord.empty(step, self.layout)

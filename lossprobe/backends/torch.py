@@ -31,7 +31,8 @@ from torch import nn
 import torch.optim.optimizer as _optim_mod
 
 from .base import CaptureGuard
-from ..record import Layout, StepRecord
+from ..capture.facts import FactSheet, output_activation
+from ..record import Flush, Layout, StepRecord
 
 _ACTIVATION_KINDS: list[tuple[type, str]] = [
     (nn.ReLU, "relu"), (nn.ReLU6, "relu"), (nn.Sigmoid, "sigmoid"), (nn.Tanh, "tanh"),
@@ -41,6 +42,7 @@ _LOSS_KINDS: list[tuple[type, str]] = [
     (nn.CrossEntropyLoss, "cross_entropy"), (nn.NLLLoss, "nll"), (nn.BCEWithLogitsLoss, "bce_logits"),
     (nn.BCELoss, "bce"), (nn.MSELoss, "mse"), (nn.L1Loss, "mse"), (nn.SmoothL1Loss, "mse"), (nn.HuberLoss, "mse"),
 ]
+_FROM_LOGITS = {"cross_entropy": True, "bce_logits": True, "nll": False, "bce": False}
 _ATTACHED: "weakref.WeakKeyDictionary[nn.Module, Any]" = weakref.WeakKeyDictionary()
 
 
@@ -107,6 +109,7 @@ class TorchBackend(CaptureGuard):
                 "lossprobe.attach: this model already has a probe attached; call probe.detach() "
                 "on the first one (or use it as a context manager) before attaching again.")
         self.model = model
+        self._disabled: set[str] = set()
         net = model
         # torch.compile(model): hooks inside the compiled graph would make dynamo guard on the
         # probe's per-step state (a recompile every step), so only the wrapper's own hooks
@@ -129,11 +132,20 @@ class TorchBackend(CaptureGuard):
         acts = [(n or "root", m, k) for n, m, k in acts if k and not self.compiled]
         self._act_modules = [m for _, m, _ in acts]
         self._bn_modules = [m for _, m, k in acts if k == "batchnorm"]
+        self.cfg = config
+        from . import torch_dist  # rank, world size and the rank table are known before the layout
+        self.dist = self._safe("distributed", torch_dist.DistHelper.create, self)
+        rank, world = torch_dist.publisher_rank(), torch_dist.rank_world()[1]
         self.layout = Layout(
             framework="torch", params=[n for n, _ in named], param_sizes=[p.numel() for p in self.params],
             activations=[n for n, _, _ in acts], kinds=[k for _, _, k in acts],
-            is_weight=[i in set(self.weight_idx) for i in range(len(self.params))])
-        self.probe = None
+            is_weight=[i in set(self.weight_idx) for i in range(len(self.params))],
+            rank=rank, world_size=world, extra=self.dist.layout_extra() if self.dist is not None else {})
+        self.facts = FactSheet(dropout_rates=tuple(
+            (n, float(m.p)) for n, m in self.net.named_modules()
+            if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0))
+        self._module_names = {id(m): n for n, m in self.net.named_modules() if n}
+        self.validation_losses_seen = 0
         self._handles: list[Any] = []
         self._step = 0
         self._cur: _Step | None = None
@@ -143,18 +155,17 @@ class TorchBackend(CaptureGuard):
         self._val_n = 0
         self._before: list[torch.Tensor] | None = None
         self._last_loss: Any = None
-        self._disabled: set[str] = set()
         self.n_host_reads = 0
         self._act_out: dict[int, int] = {}  # id(output tensor) -> activation index (this forward)
         self._last_out = None  # weakref to the model's latest output (tells our loss from another model's)
-        self.dist = None  # torch_dist.DistHelper: data-parallel ranks + gradient noise scale
+        self._producer: dict[int, str] = {}  # id(output tensor) -> name of the module that made it (sampled steps)
         if optimizer is not None:
             self._bind_optimizer(optimizer)
 
     # -- lifecycle ----------------------------------------------------------
-    def start(self, probe) -> None:
-        self.probe = probe
-        _ATTACHED[self.model] = probe
+    def start(self, channel) -> None:
+        self.channel = channel
+        _ATTACHED[self.model] = channel
         h = self._handles
         h.append(self.model.register_forward_pre_hook(self._root_pre, with_kwargs=True))
         h.append(self.model.register_forward_hook(self._root_post))
@@ -165,9 +176,8 @@ class TorchBackend(CaptureGuard):
             # no optimizer given: find it at its first step (any optimizer holding our parameters)
             h.append(_optim_mod.register_optimizer_step_pre_hook(self._global_opt_pre))
             h.append(_optim_mod.register_optimizer_step_post_hook(self._global_opt_post))
-        # --- distributed (torch_dist.py): rank-0-only sinks, per-rank summaries, noise scale ---
-        from . import torch_dist
-        self.dist = self._safe("distributed", torch_dist.setup, self, probe)
+        if self.dist is not None:  # torch_dist.py: per-rank summaries, noise scale
+            self._safe("distributed", self.dist.start)
 
     def detach(self) -> None:
         for handle in self._handles:
@@ -191,8 +201,8 @@ class TorchBackend(CaptureGuard):
     def _bind_optimizer(self, opt) -> None:
         self.optimizer = opt
         ids = {id(p) for g in opt.param_groups for p in g["params"]}
-        self.layout.in_optimizer = [id(p) in ids for p in self.params]
-        self._handles.append(opt.register_step_pre_hook(lambda o, a, k: self._opt_pre()))
+        self.facts.learn(in_optimizer=tuple(id(p) in ids for p in self.params))
+        self._handles.append(opt.register_step_pre_hook(self._opt_pre_hook))
         self._handles.append(opt.register_step_post_hook(lambda o, a, k: self._opt_post()))
 
     def _training(self) -> bool:
@@ -222,8 +232,8 @@ class TorchBackend(CaptureGuard):
 
     # root forward: opens a step; inputs
     def _root_pre(self, module, args, kwargs):
-        if self.probe is not None and self.probe._main_calls:
-            self.probe._deliver()  # queued sink updates that must run on this thread
+        if self.channel is not None:
+            self.channel.boundary(raise_pending=False)  # queued sink updates that must run on this thread
         if not self._training():
             return None
         tentative = not self.model.training
@@ -267,14 +277,36 @@ class TorchBackend(CaptureGuard):
     def _any_forward(self, module, args, output):
         if isinstance(module, nn.modules.loss._Loss):
             self._safe("loss", self._capture_loss, module, args, output)
+        elif self._cur is not None and self._cur.sampled and isinstance(output, torch.Tensor) \
+                and not torch.compiler.is_compiling():
+            name = self._module_names.get(id(module))
+            if name is not None:
+                self._producer[id(output)] = name  # which layer made the model's output
         return None
 
     def _global_opt_pre(self, opt, args, kwargs):
         if self.optimizer is None and any(id(p) in self._param_ids for g in opt.param_groups for p in g["params"]):
             self._bind_optimizer(opt)  # its own hooks fire from the next step; do this one here
-            self._opt_pre()
             self._bound_now = True
+            return self._opt_pre_hook(opt, args, kwargs)
         return None
+
+    def _opt_pre_hook(self, opt, args, kwargs):
+        """optimizer.step(): the step's gradients are read now, or -- when it is given a closure
+        that runs forward and backward (LBFGS, Lightning) -- again when the closure returns."""
+        self._opt_pre()
+        closure = kwargs.get("closure", args[0] if args else None)
+        if not callable(closure):
+            return None
+
+        def closure_then_read():
+            out = closure()
+            if self._cur is not None:
+                self._safe("gradients", self._read_grads, self._cur)
+            return out
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": closure_then_read}
+        return (closure_then_read, *args[1:]), kwargs
 
     def _global_opt_post(self, opt, args, kwargs):
         if opt is self.optimizer and getattr(self, "_bound_now", False):
@@ -283,8 +315,8 @@ class TorchBackend(CaptureGuard):
         return None
 
     def _opt_pre(self) -> None:
-        if self.probe is not None:
-            self.probe._boundary()  # raises TrainingHealthError when on_critical="raise"
+        if self.channel is not None:
+            self.channel.boundary()  # raises TrainingHealthError when on_critical="raise"
         if self._val_n:
             self._emit_val()
         cur = self._current()
@@ -401,17 +433,13 @@ class TorchBackend(CaptureGuard):
         if out is None:
             if "outputs-shape" not in self._disabled:
                 self._disabled.add("outputs-shape")
-                if self.probe is not None:
-                    self.probe._warn_once("torch:outputs", f"model output of type {type(output).__name__} holds "
-                                          "no tensor; output statistics are off for this run")
+                self._warn("outputs", f"model output of type {type(output).__name__} holds "
+                           "no tensor; output statistics are off for this run")
             return
         if out.numel() == 0 or not out.is_floating_point():
             return
-        if self.layout.n_classes == 0 and out.ndim >= 2 and out.shape[-1] >= 2:
-            self.layout.n_classes = int(out.shape[-1])
-        j = self._act_out.get(id(out))
-        if j is not None and self.layout.kinds[j] in ("sigmoid", "tanh", "softmax"):
-            self.layout.kinds[j] = "output"  # a bounded output layer saturating is the prediction, not a fault
+        if cur.sampled or not self.facts.knows("output_units"):
+            self._learn_output(out)
         o = out.detach()
         if cur.sampled:
             cur.out_max = torch.linalg.vector_norm(o, ord=math.inf)  # max |logit| in one op
@@ -426,6 +454,15 @@ class TorchBackend(CaptureGuard):
                 sat = prob = torch.full((), math.nan, device=o.device)
             std = of.std() if of.numel() > 1 else of.sum() * 0
             cur.out_stats = torch.stack([std, sat, prob, (~torch.isfinite(of)).sum().float()])
+
+    def _learn_output(self, out: torch.Tensor) -> None:
+        """Output width, its last activation (from the autograd node that made it), the layer."""
+        activation = output_activation(out.grad_fn, lambda node: [n for n, _ in node.next_functions])
+        self.facts.learn(output_units=int(out.shape[-1]) if out.ndim >= 1 else 1,
+                         output_activation=activation or self.facts.facts.output_activation,
+                         output_activation_index=self._act_out.get(id(out), -1),
+                         output_layer=self._producer.get(id(out), self.facts.facts.output_layer))
+        self._producer.clear()
 
     def _act_stats(self, cur: _Step, j: int, output) -> None:
         y = _first_tensor(output)
@@ -463,13 +500,13 @@ class TorchBackend(CaptureGuard):
             # validation: accumulate on device, emitted at the next training step
             self._val_sum = loss.float() if self._val_sum is None else self._val_sum + loss.float()
             self._val_n += 1
+            self.validation_losses_seen += 1
             return
         if len(_ATTACHED) > 1 and not self._is_our_output(args[0] if args else None):
             return  # several probed models in one process (GAN, teacher-student): not this one's loss
         cur = self._current()
-        kind = _kind_of(module, _LOSS_KINDS)
-        if kind and not self.layout.loss_kind:
-            self.layout.loss_kind = kind
+        kind = _kind_of(module, _LOSS_KINDS) or ""
+        self.facts.learn(loss_kind=kind, loss_name=type(module).__name__, loss_from_logits=_FROM_LOGITS.get(kind))
         cur.losses.append(loss)
         cur.auto_loss = True
         self._last_loss = output
@@ -486,7 +523,7 @@ class TorchBackend(CaptureGuard):
         if y.numel() == 0:
             return
         cur.batch = float(y.shape[0]) if y.ndim else 1.0
-        c = int(self.layout.n_classes or 0)
+        c = self.facts.facts.output_units
         yf = y.float()
         if not y.is_floating_point() and c >= 2:
             flat = y.reshape(-1).clamp(0, c - 1)
@@ -593,29 +630,29 @@ class TorchBackend(CaptureGuard):
             flat = parts[0] if len(parts) == 1 else torch.cat(parts)
             host = flat.cpu().numpy()  # the single device->host copy of this flush
             self.n_host_reads += 1
-        if self.dist is not None or self.probe is None:
-            self._finish_flush(steps, slots, host, vals)  # collectives stay on the training thread
-        else:
-            self.probe._submit(self._finish_flush, steps, slots, host, vals)
-
-    def _finish_flush(self, steps, slots, host, vals) -> None:
-        """Host side of a flush (numpy only): decode StepRecords and hand them to the probe."""
         got: dict[tuple[int, str], np.ndarray] = {(i, n): host[a:a + l] for i, n, a, l in slots}
+        val_points = [(st, float(got[(-1 - k, "val")][0]) if (-1 - k, "val") in got else float(v))
+                      for k, (st, v) in enumerate(vals)]
+        facts = self.facts.facts
+        if self.dist is None:  # decoded on the probe's worker
+            flush = Flush(records=lambda: self._decode_all(steps, got), val_points=val_points, facts=facts)
+        else:  # torch_dist.py: cross-rank merge (one gather per flush), noise scale rows; collectives
+            records, extra_rows = self._decode_all(steps, got), []  # stay on the training thread
+            got_dist = self._safe("distributed", self.dist.on_flush, records, got.get((-1 - len(vals), "dist")))
+            if got_dist is not None:
+                records, extra_rows = got_dist
+            flush = Flush(records=records, val_points=val_points, extra_rows=extra_rows, facts=facts)
+        if self.channel is not None:
+            self.channel.ingest(flush)
+
+    def _decode_all(self, steps, got) -> list[StepRecord]:
+        """Host side of a flush (numpy only): StepRecords from the host copy."""
         records = []
         for i, s in enumerate(steps):
             records.append(self._decode(i, s, got))
             if i % 4 == 3:
                 time.sleep(0)  # on the worker: let the training thread take the interpreter
-        val_points = []
-        for k, (st, v) in enumerate(vals):
-            val_points.append((st, float(got[(-1 - k, "val")][0]) if (-1 - k, "val") in got else float(v)))
-        extra_rows: list = []
-        if self.dist is not None:  # torch_dist.py: cross-rank merge (one gather per flush), noise scale rows
-            got_dist = self._safe("distributed", self.dist.on_flush, records, got.get((-1 - len(vals), "dist")))
-            if got_dist is not None:
-                records, extra_rows = got_dist
-        if self.probe is not None:
-            self.probe._ingest(records, val_points, extra_rows)
+        return records
 
     def _decode(self, i: int, s: _Step, got) -> StepRecord:
         rec = StepRecord.empty(s.step, self.layout)

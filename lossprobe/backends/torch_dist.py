@@ -1,6 +1,8 @@
 """Data-parallel training and the gradient noise scale for the PyTorch backend.
 
-The torch backend calls :func:`setup` when it starts and, once per flush,
+The torch backend creates a :class:`DistHelper` (:meth:`DistHelper.create`) before its layout
+(the rank table and the noise scale ride in ``Layout.extra``), starts it with its hooks and,
+once per flush, calls
 :meth:`DistHelper.take_tensors` (this module's device scalars join the backend's single
 device->host copy) and :meth:`DistHelper.on_flush` (cross-rank merge, noise-scale rows);
 everything distributed lives here.
@@ -19,8 +21,9 @@ What happens:
 * **rank detection** reads ``torch.distributed`` only if the user already initialised
   it (it is never initialised here); before that, ``RANK`` from the environment decides
   the sinks (``torchrun`` sets it).
-* **one publisher**: ranks other than 0 drop their sinks (console included), so a
-  tracker gets exactly one run. A sink with ``all_ranks = True`` is kept on every rank.
+* **one publisher**: the layout carries this process's rank (:func:`publisher_rank`);
+  the probe of a rank other than 0 keeps no sink (console included), so a tracker gets
+  exactly one run. A sink with ``all_ranks = True`` is kept on every rank.
 * **every rank is seen**: at each flush the ranks exchange a few numbers per step
   (local loss, non-finite flags for loss/inputs/outputs/local gradients, local squared
   gradient norm, local batch) with *one* ``all_gather_object`` -- at flush time only,
@@ -83,6 +86,13 @@ def _env_rank() -> int:
         except (KeyError, ValueError):
             continue
     return 0
+
+
+def publisher_rank() -> int:
+    """This process's rank for publishing: torch.distributed's when initialised, else ``RANK``
+    from the environment (``torchrun`` sets it before ``init_process_group``)."""
+    rank, world = rank_world()
+    return rank if world > 1 else _env_rank()
 
 
 def _is_ddp(model: Any) -> bool:
@@ -174,6 +184,25 @@ class DistHelper:
         self._taken: tuple | None = None
         self.n_gathers = 0
 
+    @classmethod
+    def create(cls, backend) -> "DistHelper | None":
+        """The helper for ``backend`` (None: one process and no noise scale wanted)."""
+        rank, world = rank_world()
+        extra = getattr(backend.cfg, "extra", {}) or {}
+        if world == 1 and not extra.get("noise_scale", True):
+            return None
+        return cls(backend, rank, world)
+
+    def layout_extra(self) -> dict[str, Any]:
+        """What the rules read from ``Layout.extra``: the rank table and the noise scale."""
+        ex: dict[str, Any] = {}
+        if self.table is not None:
+            ex["dist"] = self.table
+            ex["rank"], ex["world_size"] = self.rank, self.world
+        if self.noise_on:
+            ex["noise_scale"] = self.noise
+        return ex
+
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
         b = self.backend
@@ -183,12 +212,6 @@ class DistHelper:
                 hasattr(b.params[-1], "register_post_accumulate_grad_hook"):
             # counts backward passes, so a forward is a micro-batch boundary only after its backward
             self._handles.append(b.params[-1].register_post_accumulate_grad_hook(self._on_accumulated))
-        ex = b.layout.extra
-        if self.table is not None:
-            ex["dist"] = self.table
-            ex["rank"], ex["world_size"] = self.rank, self.world
-        if self.noise_on:
-            ex["noise_scale"] = self.noise
 
     def detach(self) -> None:
         for h in self._handles:
@@ -197,10 +220,8 @@ class DistHelper:
         self._snap = None
 
     def _warn(self, what: str, exc: BaseException) -> None:
-        p = self.backend.probe
-        if p is not None:
-            p._warn_once(f"torch_dist:{what}", f"{what} failed ({type(exc).__name__}: {exc}); switched off, "
-                         "training continues")
+        self.backend._warn(f"dist:{what}", f"{what} failed ({type(exc).__name__}: {exc}); switched off, "
+                           "training continues")
 
     # -- hooks -----------------------------------------------------------------------
     def _on_forward(self, module, args, kwargs):
@@ -446,20 +467,6 @@ class DistHelper:
             if math.isfinite(v):
                 rows.append((step, {"lossprobe/noise_scale": v, "lossprobe/noise_scale_batch": args[3]}))
         return rows
-
-
-def setup(backend, probe) -> DistHelper | None:
-    """Called by ``TorchBackend.start``: rank-0-only sinks, per-rank summaries, noise scale."""
-    rank, world = rank_world()
-    sink_rank = rank if world > 1 else _env_rank()
-    if sink_rank != 0:
-        probe.sinks = [s for s in probe.sinks if getattr(s, "all_ranks", False)]
-    extra = getattr(backend.cfg, "extra", {}) or {}
-    if world == 1 and not extra.get("noise_scale", True):
-        return None
-    helper = DistHelper(backend, rank, world)
-    helper.start()
-    return helper
 
 
 def noise_scale_summary(probe) -> dict[str, Any] | None:

@@ -14,7 +14,7 @@ def _persistent(h, field: str, kinds: tuple[str, ...], threshold: float, persist
         return []
     out = []
     for j, (name, kind) in enumerate(zip(h.layout.activations, h.layout.kinds)):
-        if kind not in kinds:
+        if kind not in kinds or _is_bounded_output(h, j):
             continue
         col = m[:, j]
         ok = np.isfinite(col)
@@ -26,6 +26,12 @@ def _persistent(h, field: str, kinds: tuple[str, ...], threshold: float, persist
             onset = int(h.steps()[ok][int(np.argmax(col[ok] >= threshold))])
             out.append((name, float(np.median(vals)), share, onset))
     return out
+
+
+def _is_bounded_output(h, j: int) -> bool:
+    """A sigmoid/tanh/softmax that is the model output: saturating there is the prediction
+    being confident, not a fault."""
+    return j == h.facts.output_activation_index and h.layout.kinds[j] in ("sigmoid", "tanh", "softmax")
 
 
 def cfg_window(h) -> int:
@@ -69,7 +75,8 @@ def bad_initialization(h, cfg):
     """
     scale = h.matrix("act_scale")
     kinds = np.asarray(h.layout.kinds)
-    cols = np.flatnonzero(np.isin(kinds, ("relu", "tanh", "linear")))
+    hidden = np.array([not _is_bounded_output(h, j) for j in range(kinds.size)], bool)
+    cols = np.flatnonzero(np.isin(kinds, ("relu", "tanh", "linear")) & hidden)
     if scale.size == 0 or cols.size < 3 or h.first_step is None:
         return None
     rows = np.flatnonzero(np.isfinite(scale[:, cols]).all(axis=1))

@@ -242,14 +242,14 @@ def test_both_ways_record_the_same_run_shape():
         vs, vl = h.val_sketch()
         assert list(vs) == [21, 43, 65, 87]  # one validation per epoch, after its last step
         assert vl[-1] < vl[0]
-        assert probe.layout.n_classes == 10 and probe.layout.kinds == ["relu"]
-        assert probe.layout.params == ["0.weight", "0.bias", "2.weight", "2.bias"]
+        assert probe.history.facts.n_classes == 10 and list(probe.layout.kinds) == ["relu"]
+        assert list(probe.layout.params) == ["0.weight", "0.bias", "2.weight", "2.bias"]
         upd = h.matrix("update_ratios")
         sampled = np.isfinite(upd[:, 0])
         assert sampled.sum() == 9 and (upd[sampled][:, [0, 2]] > 0).all()
         assert np.isfinite(h.matrix("act_dead")[sampled]).all()
         assert (h.series("target_is_index")[sampled] == 1).all()
-    assert fit.layout.loss_kind == "cross_entropy" and fit.layout.in_optimizer == [True] * 4
+    assert fit.history.facts.loss_kind == "cross_entropy" and fit.history.facts.in_optimizer == (True,) * 4
     assert (fit.history.series("lr") == 1e-3).all()
     for probe in (dy, fit):  # the same recipe learns the same way under both
         loss = probe.history.series("loss")
@@ -261,7 +261,7 @@ def test_fit_with_probe_on_the_network_finds_its_model():
     h = probe.history
     assert h.n_steps == 88 and (h.series("loss_seen") == 1).all()
     assert list(h.val_sketch()[0]) == [21, 43, 65, 87]
-    assert probe.layout.loss_kind == "cross_entropy"
+    assert probe.history.facts.loss_kind == "cross_entropy"
 
 
 # -- API contract ------------------------------------------------------------------------------------
@@ -403,7 +403,8 @@ def test_one_host_read_per_flush_and_none_per_step(with_optimizer):
     probe.detach()
     assert backend.n_host_reads == 4 and probe.history.n_steps == 35
     h = probe.history
-    assert np.isfinite(h.matrix("act_sat")[:, 1]).all() and h.layout.kinds == ["relu", "tanh", "output"]
+    assert np.isfinite(h.matrix("act_sat")[:, 1]).all() and list(h.layout.kinds) == ["relu", "tanh", "softmax"]
+    assert h.facts.output_activation_index == 2 and h.facts.output_activation == "softmax"  # the head is the output
     assert np.isfinite(h.series("input_std")).all() and np.isfinite(h.series("softmax_saturation")).all()
     assert np.isfinite(h.matrix("update_ratios")[:, [0, 2, 4]]).all()
     assert (h.series("lr") == 0.1).all() if with_optimizer else np.isnan(h.series("lr")).all()
@@ -443,7 +444,7 @@ def test_fit_gradient_accumulation_counts_updates_and_function_loss_is_captured(
     h = probe.history
     assert h.n_steps == 20  # 2 epochs x 20 batches / 2 per update
     assert (h.series("loss_seen") == 1).all() and len(h.val_sketch()[0]) == 2
-    assert model._loss is loss_fn and probe.layout.loss_kind == ""
+    assert model._loss is loss_fn and probe.history.facts.loss_kind == ""
 
 
 @pytest.mark.parametrize("way", ["dygraph", "fit"])
@@ -495,7 +496,7 @@ def test_dict_outputs_and_empty_batch():
             loss.backward(); opt.step(); opt.clear_grad()
             probe.observe(loss, targets=yb)
         net(paddle.to_tensor(X[:0]))  # an empty batch: no crash, no statistics from it
-    assert probe.history.n_steps >= 12 and probe.layout.n_classes == 10
+    assert probe.history.n_steps >= 12 and probe.history.facts.n_classes == 10
     assert np.isfinite(probe.history.series("logit_abs_max")[:12]).all()
     assert probe._warned == set()
 
@@ -526,7 +527,7 @@ def test_conv_batchnorm_statistics_and_frozen_batchnorm(frozen):
             loss = nn.functional.cross_entropy(net(xb), yb)
             loss.backward(); opt.step(); opt.clear_grad()
             probe.observe(loss, targets=yb)
-    assert probe.layout.activations == ["bn", "act"] and probe.layout.kinds == ["batchnorm", "relu"]
+    assert list(probe.layout.activations) == ["bn", "act"] and list(probe.layout.kinds) == ["batchnorm", "relu"]
     dead = probe.history.matrix("act_dead")[:, 1]
     assert np.isfinite(dead).all() and (dead < 0.5).all()  # per-channel share (NCHW)
     assert ("frozen_batchnorm" in codes(probe)) == frozen
@@ -564,6 +565,6 @@ def test_loss_layer_inside_the_model_is_captured_without_observe():
             probe.observe(loss * 2, targets=yb)  # already captured: this must not be counted again
             seen.append(loss)
     h = probe.history
-    assert h.n_steps == 12 and probe.layout.loss_kind == "cross_entropy" and probe.layout.n_classes == 10
+    assert h.n_steps == 12 and probe.history.facts.loss_kind == "cross_entropy" and probe.history.facts.n_classes == 10
     np.testing.assert_allclose(h.series("loss"), [float(l) for l in seen], rtol=1e-6)
     assert (h.series("target_distinct") >= 5).all() and (h.series("target_max") <= 9).all()

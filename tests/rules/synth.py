@@ -71,7 +71,7 @@ def synth(n: int, *, loss: Series = None, every: int = 1, sampled_every: int = 1
                 raise KeyError(f"synth: unknown field {name}")
         h.append(rec)
     if facts is not None:
-        h.learn(Facts(**facts))
+        h.set_facts(Facts(**facts))
     return h
 
 

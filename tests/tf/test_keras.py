@@ -204,8 +204,8 @@ def test_fit_captures_every_statistic_with_one_read_per_flush():
     assert (ratios[:, weights] > 1e-5).all() and (ratios[:, weights] < 1e-1).all()
     vs, vl = h.val_sketch()
     assert len(vl) == 2 and vs[-1] == steps - 1 and np.isfinite(vl).all()
-    assert probe.layout.n_classes == 10 and probe.layout.loss_kind == "cross_entropy"
-    assert probe.layout.kinds == ["relu", "relu"]
+    assert probe.history.facts.n_classes == 10 and probe.history.facts.loss_kind == "cross_entropy"
+    assert list(probe.layout.kinds) == ["relu", "relu"]
 
 
 def test_fit_with_jit_compile():

@@ -1,0 +1,77 @@
+"""FactSheet: what a backend has learned about the run, as the frozen Facts a flush carries.
+
+Example::
+
+    sheet = FactSheet()
+    sheet.learn(output_units=10, loss_kind="cross_entropy", loss_name="CrossEntropyLoss")
+    sheet.facts.n_classes        # 10: a 10-wide output under a classification loss
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from ..record import Facts
+
+# losses a classifier is trained with; a regression loss ("mse") means no classes
+_REGRESSION_KINDS = ("mse",)
+
+
+class FactSheet:
+    """Facts learned so far; ``learn`` keeps the latest value of each field."""
+
+    def __init__(self, **initial):
+        self._facts = dataclasses.replace(Facts(), **initial)
+
+    def learn(self, **fields) -> None:
+        """Record what was found (fields of :class:`Facts`); ``n_classes`` follows from the
+        output width and the loss unless given."""
+        if all(getattr(self._facts, k) == v for k, v in fields.items()):
+            return
+        facts = dataclasses.replace(self._facts, **fields)
+        if "n_classes" not in fields:
+            units = facts.output_units
+            classes = units if units >= 2 and facts.loss_kind not in _REGRESSION_KINDS else 0
+            facts = dataclasses.replace(facts, n_classes=classes)
+        self._facts = facts
+
+    def knows(self, name: str) -> bool:
+        """Has ``name`` been learned (differs from its default)?"""
+        return getattr(self._facts, name) != getattr(Facts(), name)
+
+    @property
+    def facts(self) -> Facts:
+        return self._facts
+
+
+# The autograd node that made the model's output names its last activation (torch:
+# "SoftmaxBackward0", paddle: "SoftmaxGradNode"); shape-only nodes are looked through.
+_NODE_ACTIVATION = {
+    "softmax": "softmax", "logsoftmax": "log_softmax", "sigmoid": "sigmoid", "tanh": "tanh", "relu": "relu",
+    "addmm": "linear", "mm": "linear", "bmm": "linear", "matmul": "linear", "linear": "linear",
+    "convolution": "linear", "conv2d": "linear", "add": "linear", "unsafeview": "linear",
+}
+_SHAPE_OPS = {"view", "reshape", "reshapealias", "squeeze", "unsqueeze", "permute", "transpose", "clone",
+              "tocopy", "flatten", "cast", "expand"}
+
+
+def node_op(name: str) -> str:
+    """'SoftmaxBackward0' / 'SoftmaxGradNode' -> 'softmax'."""
+    for suffix in ("GradNode", "Backward0", "Backward1", "Backward"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return name.replace("_", "").lower()
+
+
+def output_activation(node, inputs) -> str:
+    """The activation an autograd ``node`` (the output's ``grad_fn``) applied; ``inputs(node)``
+    gives the nodes it came from. '' when unknown."""
+    for _ in range(8):
+        if node is None:
+            return ""
+        op = node_op(node.name())
+        if op not in _SHAPE_OPS:
+            return _NODE_ACTIVATION.get(op, "")
+        nxt = [n for n in inputs(node) if n is not None]
+        node = nxt[0] if nxt else None
+    return ""
