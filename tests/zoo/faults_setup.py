@@ -22,7 +22,7 @@ def _even_odd(y: torch.Tensor) -> torch.Tensor:
 # ======================================================================================
 # zero_gradients
 # ======================================================================================
-@fault("zero_gradients", onset=0, model="mlp-binary", fast=True,
+@fault("output_activation_mismatch", "zero_gradients", onset=0, model="mlp-binary", fast=True,
        planted="a one-unit output with nn.Softmax before BCELoss: the output is always exactly 1")
 def mlp_one_unit_softmax_bce(seed):
     torch.manual_seed(seed)
@@ -70,6 +70,62 @@ def mlp_inverted_padding_mask(seed):
         mask = (y == PAD).float()                       # meant: y != PAD
         loss = (per_sample * mask).sum() / mask.sum().clamp_min(1.0)
         probe.observe(loss, targets=y)
+        opt.zero_grad(); loss.backward(); opt.step()
+    probe.detach()
+    return probe
+
+
+# ======================================================================================
+# output_activation_mismatch
+# ======================================================================================
+@fault("output_activation_mismatch", onset=0, model="mlp-binary", fast=True,
+       planted="nn.Sigmoid() kept at the end of the model while the loss is BCEWithLogitsLoss")
+def mlp_sigmoid_before_bce_with_logits(seed):
+    torch.manual_seed(seed)
+    Xtr, Ytr, _, _ = digits()
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 1), nn.Sigmoid())
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.BCEWithLogitsLoss()
+    probe = attach(model)
+    for step, (x, y) in zip(range(150), batches(Xtr, Ytr, 64, seed)):
+        loss = loss_fn(model(x), _even_odd(y))
+        opt.zero_grad(); loss.backward(); opt.step()
+    probe.detach()
+    return probe
+
+
+@fault("output_activation_mismatch", onset=0, model="mlp", fast=True, allow=("loss_divergence",),
+       planted="NLLLoss on the raw outputs (the log_softmax forgotten): the loss falls without bound")
+def mlp_nll_on_raw_logits(seed):
+    torch.manual_seed(seed)
+    Xtr, Ytr, _, _ = digits()
+    model = mlp([64, 64, 10])
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss_fn = nn.NLLLoss()
+    probe = attach(model)
+    for step, (x, y) in zip(range(150), batches(Xtr, Ytr, 64, seed)):
+        loss = loss_fn(model(x), y)
+        opt.zero_grad(); loss.backward(); opt.step()
+    probe.detach()
+    return probe
+
+
+# ======================================================================================
+# excessive_dropout
+# ======================================================================================
+@fault("excessive_dropout", onset=0, model="mlp", fast=True,
+       planted="nn.Dropout(0.9) after each hidden layer: a TF1 keep_prob of 0.9 passed as torch's drop rate")
+def mlp_keep_prob_as_drop_rate(seed):
+    torch.manual_seed(seed)
+    Xtr, Ytr, _, _ = digits()
+    keep_prob = 0.9
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Dropout(keep_prob),
+                          nn.Linear(64, 64), nn.ReLU(), nn.Dropout(keep_prob), nn.Linear(64, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    probe = attach(model)
+    for step, (x, y) in zip(range(200), batches(Xtr, Ytr, 64, seed)):
+        loss = loss_fn(model(x), y)
         opt.zero_grad(); loss.backward(); opt.step()
     probe.detach()
     return probe
