@@ -34,7 +34,7 @@ import tensorflow as tf  # noqa: E402
 tf.config.threading.set_intra_op_parallelism_threads(1)
 tf.config.threading.set_inter_op_parallelism_threads(1)
 
-from accuracy import TWIN, runner_main  # noqa: E402
+from accuracy import runner_main  # noqa: E402
 
 
 def scenarios():
@@ -43,8 +43,7 @@ def scenarios():
     items = []
     for table, way in ((tk.FIT_FAULTS, "fit"), (tk.TAPE_FAULTS, "tape")):
         items += [(f"{code}/{way}", (code,), None, run) for code, run in table.items()]
-        items += [(f"{TWIN}{code}/{way}", (), None, functools.partial(run, fixed=True))
-                  for code, run in table.items()]
+    items += [(name, (), None, functools.partial(run, fixed=True)) for name, run in tk.TWINS.items()]
     for table, way in ((tk.FIT_HEALTHY, "fit"), (tk.TAPE_HEALTHY, "tape")):
         items += [(f"healthy/{way}-{name}", (), None, run) for name, run in table.items()]
     return items

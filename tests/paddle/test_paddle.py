@@ -1,5 +1,6 @@
 """Paddle backend: real small models trained in real Paddle (CPU), in a dygraph loop and
-in ``paddle.Model.fit``, with planted faults that must fire and a healthy run that must not.
+in ``paddle.Model.fit``, with planted faults that must fire and a healthy run that must not;
+each fault's corrected twin (the recipe with the mistake fixed) must learn and not fire either.
 
 Run in a process of its own (TensorFlow then Paddle in one process segfaults)::
 

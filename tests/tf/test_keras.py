@@ -1,7 +1,8 @@
 """Keras 3 / TensorFlow backend on real training runs (scikit-learn digits, small models).
 
 Each planted fault must produce its code, in ``model.fit`` and in a custom GradientTape
-loop; the same models trained soundly must stay healthy. Run apart from Paddle:
+loop; the same models trained soundly must stay healthy, and so must each fault's corrected
+twin (the same run with the mistake fixed), which must also learn. Run apart from Paddle:
 ``python -m pytest tests/tf -q``.
 """
 from __future__ import annotations
