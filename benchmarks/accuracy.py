@@ -8,17 +8,27 @@ Runs every scenario in ``tests/zoo`` (real PyTorch training on one CPU thread) a
   finding dates the fault),
 * the false alarms: warning/critical findings on healthy runs (and unrelated criticals
   on faulty ones),
+* the corrected twins (``twin/<fault>``: every faulty script with its one mistake fixed,
+  see ``tests/twins.py``), in a table of their own: per fault code, how many twins stayed
+  silent, which codes fired on the others, and whether each twin learned,
 
-then the planted-fault and healthy scenarios of the TensorFlow (``tests/tf/test_keras.py``)
-and Paddle (``tests/paddle/test_paddle.py``) test suites, each framework in a subprocess of
-its own (``benchmarks/accuracy_tensorflow.py``, ``benchmarks/accuracy_paddle.py``: importing
-TensorFlow and then Paddle in one process segfaults), with a per-code table for each, and
-at the end one line per framework and one summary line over all of them::
+then the planted-fault, healthy and twin scenarios of the TensorFlow
+(``tests/tf/test_keras.py``) and Paddle (``tests/paddle/test_paddle.py``) test suites, each
+framework in a subprocess of its own (``benchmarks/accuracy_tensorflow.py``,
+``benchmarks/accuracy_paddle.py``: importing TensorFlow and then Paddle in one process
+segfaults), with the same tables for each, and at the end one line per framework and one
+summary line over all of them::
 
-    torch: recall=R false_alarms=F scenarios=N
-    tensorflow: recall=R false_alarms=F scenarios=N
-    paddle: recall=R false_alarms=F scenarios=N
-    recall=R false_alarms=F scenarios=N
+    torch: recall=R false_alarms=F scenarios=N twins=T twin_alarms=A
+    tensorflow: recall=R false_alarms=F scenarios=N twins=T twin_alarms=A
+    paddle: recall=R false_alarms=F scenarios=N twins=T twin_alarms=A
+    recall=R false_alarms=F scenarios=N twins=T twin_alarms=A
+
+``false_alarms`` counts every run with a finding it should not have: a warning or critical
+on a healthy run *or on a corrected twin*, and a critical on a faulty run that its fault does
+not explain. ``twin_alarms`` is the twins' share of it, ``twins`` how many twins ran, and
+``scenarios`` every run, twins included. A twin whose loss did not fall is listed as not
+learning (its silence would prove nothing) and fails the run like a false alarm does.
 
 Usage::
 
@@ -51,9 +61,11 @@ HERE = Path(__file__).resolve().parent
 TESTS = HERE.parent / "tests"
 FRAMEWORKS = ("torch", "tensorflow", "paddle")
 RUNNERS = {"tensorflow": HERE / "accuracy_tensorflow.py", "paddle": HERE / "accuracy_paddle.py"}
+sys.path.insert(0, str(TESTS))
 
 from lossprobe import Config  # noqa: E402
 from lossprobe.catalog import CATALOG  # noqa: E402
+from twins import TWIN, loss_fell  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,22 +99,31 @@ def main(argv: list[str] | None = None) -> int:
                 print()
                 print(f"== {fw} ==")
                 print(framework_table(results[fw]))
+                print(twin_table(results[fw]["twin_runs"]))
     print(f"\nwall time {time.perf_counter() - t0:.0f}s")
 
-    total_faulty = total_hits = total_alarms = total_n = 0
+    total = {"faulty": 0, "detected": 0, "alarms": 0, "scenarios": 0, "twins": 0, "twin_alarms": 0}
     failed = False
     for fw, res in results.items():
         if res is None:
             print(f"{fw}: runner failed (see above)")
             failed = True
             continue
-        faulty, hits, alarms, n = res["faulty"], res["detected"], len(res["false_alarms"]), res["scenarios"]
-        print(f"{fw}: recall={_ratio(hits, faulty):.3f} false_alarms={alarms} scenarios={n}")
-        total_faulty, total_hits, total_alarms, total_n = (total_faulty + faulty, total_hits + hits,
-                                                           total_alarms + alarms, total_n + n)
-    recall = _ratio(total_hits, total_faulty)
-    print(f"recall={recall:.3f} false_alarms={total_alarms} scenarios={total_n}")
-    return 0 if recall == 1.0 and total_alarms == 0 and not failed else 1
+        counts = {"faulty": res["faulty"], "detected": res["detected"], "alarms": len(res["false_alarms"]),
+                  "scenarios": res["scenarios"], "twins": len(res["twin_runs"]),
+                  "twin_alarms": sum(bool(t["alarms"]) for t in res["twin_runs"])}
+        print(f"{fw}: {summary(counts)}")
+        total = {k: total[k] + counts[k] for k in total}
+        failed |= any(not t["learns"] for t in res["twin_runs"])
+    print(summary(total))
+    ok = total["detected"] == total["faulty"] and total["alarms"] == 0 and not failed
+    return 0 if ok else 1
+
+
+def summary(c: dict[str, int]) -> str:
+    """``recall=R false_alarms=F scenarios=N twins=T twin_alarms=A`` (false_alarms counts the twins')."""
+    return (f"recall={_ratio(c['detected'], c['faulty']):.3f} false_alarms={c['alarms']} "
+            f"scenarios={c['scenarios']} twins={c['twins']} twin_alarms={c['twin_alarms']}")
 
 
 def _ratio(hits: int, total: int) -> float:
@@ -143,14 +164,17 @@ def run_torch(args, overrides: dict) -> dict:
             outcomes.append(out)
             if not args.quiet:
                 print(out.describe(), flush=True)
+    twin_runs = [twin_run(f"{o.scenario.name} (seed {o.seed})", o.scenario.fault_code, o.unexpected, o.learned)
+                 for o in outcomes if o.scenario.twin_of]
     print()
     print("== torch ==")
     print(table(outcomes, Config(**zoo.common.CONFIG_OVERRIDES)))
+    print(twin_table(twin_runs))
     faulty = [o for o in outcomes if o.scenario.expect]
     return {"faulty": len(faulty), "detected": sum(not o.missing for o in faulty),
             "false_alarms": [f"{o.scenario.name} (seed {o.seed}): {', '.join(o.unexpected)}"
                              for o in outcomes if o.unexpected],
-            "scenarios": len(outcomes)}
+            "scenarios": len(outcomes), "twin_runs": twin_runs}
 
 
 SLOW = 50  # target: every fault reported within 50 steps of its onset
@@ -175,8 +199,8 @@ def table(outcomes, cfg: Config | None = None) -> str:
                      f"{np.mean(lat):.0f}" if lat else "-", f"{np.mean(err):+.0f}" if err else "-",
                      f"{max(lat)}" if lat else "-"))
     lines = _aligned(rows)
-    healthy = [o for o in outcomes if o.scenario.silent and not o.scenario.expect]
-    alarms = [o for o in outcomes if o.unexpected]
+    healthy = [o for o in outcomes if o.scenario.silent and not o.scenario.expect and not o.scenario.twin_of]
+    alarms = [o for o in outcomes if o.unexpected and not o.scenario.twin_of]   # twins: see twin_table
     lines.append("")
     lines.append(f"healthy runs: {len(healthy)}, with a warning/critical finding: "
                  f"{sum(bool(o.unexpected) for o in healthy)}")
@@ -197,10 +221,43 @@ def table(outcomes, cfg: Config | None = None) -> str:
     return "\n".join(lines)
 
 
-def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
+def twin_run(name: str, fault_code: str, alarms: list[str], learned) -> dict:
+    """One corrected twin's result, as every framework reports it (JSON-safe)."""
+    return {"name": name, "code": fault_code, "alarms": list(alarms),
+            "learns": bool(learned is not None and learned.ok),
+            "loss": learned.describe() if learned is not None else "no loss"}
+
+
+def twin_table(twin_runs: list[dict]) -> str:
+    """The corrected twins, per fault code: how many ran, how many stayed silent, and the codes
+    that fired on the others; then one line per alarmed twin and per twin that did not learn."""
+    if not twin_runs:
+        return "(no corrected twins)"
+    by_code = defaultdict(list)
+    for t in twin_runs:
+        by_code[t["code"]].append(t)
+    order = list(CATALOG)
+    rows = [("twins of", "twins", "silent", "learn", "codes fired on twins")]
+    for code in sorted(by_code, key=lambda c: order.index(c) if c in order else len(order)):
+        ts = by_code[code]
+        fired = sorted({a for t in ts for a in t["alarms"]})
+        rows.append((code, str(len(ts)), str(sum(not t["alarms"] for t in ts)), str(sum(t["learns"] for t in ts)),
+                     ", ".join(fired) or "-"))
+    lines = [""] + _aligned(rows, left=(0, 4)) + [""]
+    alarmed = [t for t in twin_runs if t["alarms"]]
+    lines.append(f"corrected twins: {len(twin_runs)}, with a warning/critical finding: {len(alarmed)}, "
+                 f"not learning: {sum(not t['learns'] for t in twin_runs)}")
+    lines += [f"  twin alarm: {t['name']}: {', '.join(t['alarms'])} ({t['loss']})" for t in alarmed]
+    lines += [f"  twin not learning: {t['name']}: {t['loss']}" for t in twin_runs if not t["learns"]]
+    return "\n".join(lines)
+
+
+def _aligned(rows: list[tuple[str, ...]], left: tuple[int, ...] = (0,)) -> list[str]:
+    """Rows as aligned text columns: the ``left`` ones left-aligned, the others (numbers) right."""
     w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(f"{v:<{w[i]}}" if i == 0 else f"{v:>{w[i]}}" for i, v in enumerate(r)) for r in rows]
-    lines.insert(1, "-" * len(lines[0]))
+    lines = ["  ".join(f"{v:<{w[i]}}" if i in left else f"{v:>{w[i]}}" for i, v in enumerate(r)).rstrip()
+             for r in rows]
+    lines.insert(1, "-" * max(len(line) for line in lines))
     return lines
 
 
@@ -238,7 +295,7 @@ def framework_table(res: dict) -> str:
     lines = _aligned(rows) if len(rows) > 1 else ["(no faulty scenarios)"]
     lines.append("")
     lines.append(f"healthy runs: {res['healthy']}, with a warning/critical finding: {res['healthy_alarms']}")
-    lines += [f"  false alarm: {a}" for a in res["false_alarms"]]
+    lines += [f"  false alarm: {a}" for a in res["false_alarms"] if not a.startswith(TWIN)]  # twins: twin_table
     lines += [f"  missed: {m}" for m in res["missed"]]
     lines += [f"  note: {n}" for n in res.get("notes", [])]
     return "\n".join(lines)
@@ -273,7 +330,9 @@ def score_scenarios(items: list[tuple[str, tuple[str, ...], tuple[str, ...] | No
     """Run ``(name, expect, allow, run)`` scenarios; ``run()`` returns a finished probe.
 
     A faulty scenario (``expect`` not empty) is detected when every expected code was found.
-    A healthy one (``expect == ()``) is a false alarm if it has any warning/critical finding.
+    A healthy one (``expect == ()``) is a false alarm if it has any warning/critical finding;
+    so is a corrected twin (``expect == ()`` and a name ``twin/<code>/...``), which must also
+    learn (``twins.loss_fell``): its result goes to ``twin_runs`` too.
     On a faulty one, a critical code outside ``expect + allow`` is a false alarm too (as in
     the zoo) when the scenario declares ``allow``; with ``allow=None`` (the suite declares no
     consequences) such codes are listed as notes only. A crash counts as missed + false alarm,
@@ -282,13 +341,15 @@ def score_scenarios(items: list[tuple[str, tuple[str, ...], tuple[str, ...] | No
     """
     codes: dict[str, list[int]] = {}
     res = {"codes": codes, "faulty": 0, "detected": 0, "healthy": 0, "healthy_alarms": 0,
-           "false_alarms": [], "missed": [], "notes": [], "scenarios": 0, "runs": []}
+           "false_alarms": [], "missed": [], "notes": [], "scenarios": 0, "runs": [], "twin_runs": []}
     for name, expect, allow, run in items:
         t0 = time.perf_counter()
+        learned = None
         try:
             probe = run()
             found = {f.code: f.severity for f in probe.findings}
             steps = {f.code: int(f.step) for f in probe.findings}
+            learned = loss_fell(probe.history.loss_sketch()[1])
             # a probe that switched itself off records nothing: silence then proves nothing
             crash = "" if probe.history.n_steps > 0 else "crash: the probe recorded no training step"
         except Exception as exc:  # a broken scenario is reported, the rest still run
@@ -306,6 +367,7 @@ def score_scenarios(items: list[tuple[str, tuple[str, ...], tuple[str, ...] | No
         if crash:
             unexpected.append(crash)
         res["scenarios"] += 1
+        is_twin = not expect and name.startswith(TWIN)
         if expect:
             res["faulty"] += 1
             res["detected"] += not missing
@@ -315,6 +377,9 @@ def score_scenarios(items: list[tuple[str, tuple[str, ...], tuple[str, ...] | No
                 n_det[1] += c not in missing
             if missing:
                 res["missed"].append(f"{name}: {', '.join(missing)}; found {sorted(found) or '-'}")
+        elif is_twin:
+            twin = twin_run(name, name[len(TWIN):].split("/")[0], unexpected, learned)
+            res["twin_runs"].append(twin)
         else:
             res["healthy"] += 1
             res["healthy_alarms"] += bool(unexpected)
@@ -322,11 +387,13 @@ def score_scenarios(items: list[tuple[str, tuple[str, ...], tuple[str, ...] | No
             res["false_alarms"].append(f"{name}: {', '.join(unexpected)}")
         if stray:
             res["notes"].append(f"{name}: also critical {', '.join(stray)} (no allowed consequences declared)")
-        ok = not missing and not unexpected
+        ok = not missing and not unexpected and (not is_twin or twin["learns"])
         res["runs"].append({"name": name, "ok": ok, "found": found, "seconds": round(seconds, 2)})
         if not quiet:
             shown = ", ".join(f"{c}@{steps[c]}" for c in found) or "-"
             extra = (f" missing={missing}" if missing else "") + (f" unexpected={unexpected}" if unexpected else "")
+            if is_twin:
+                extra += f" {twin['loss']}" + ("" if twin["learns"] else " (NOT LEARNING)")
             print(f"{'ok  ' if ok else 'FAIL'} {name:<45} found: {shown}{extra} ({seconds:.1f}s)", flush=True)
     order = list(CATALOG)
     res["codes"] = dict(sorted(codes.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))

@@ -1,5 +1,6 @@
 """Diagnosis accuracy for the Paddle backend: every scenario of ``tests/paddle/test_paddle.py``
-(``SCENARIOS``), trained both in a dygraph loop (``run_dygraph``) and in ``paddle.Model.fit``
+(``SCENARIOS``) and every corrected twin (``TWINS``: each planted fault's recipe with its one
+mistake fixed), trained both in a dygraph loop (``run_dygraph``) and in ``paddle.Model.fit``
 (``run_fit``), scored.
 
 Runs in a process of its own (TensorFlow and Paddle must not share one; torch is not imported)::
@@ -8,10 +9,12 @@ Runs in a process of its own (TensorFlow and Paddle must not share one; torch is
     python benchmarks/accuracy_paddle.py -k nan_loss -q
     python benchmarks/accuracy.py --frameworks paddle   # the same, from the driver
 
-Scenario names: ``<code>/dygraph``, ``<code>/fit``, ``healthy/dygraph``, ``healthy/fit``.
+Scenario names: ``<code>/dygraph``, ``<code>/fit``, ``healthy/dygraph``, ``healthy/fit``,
+``twin/<code>/dygraph``, ``twin/<code>/fit``.
 A faulty scenario is detected when its expected codes are found; a critical code outside the
 scenario's ``expect + allow`` is a false alarm (the suite's own contract), and so is any
-warning/critical finding on a healthy run. The last stdout line is ``RESULT {json}``.
+warning/critical finding on a healthy run or a twin (which must also learn). The last stdout
+line is ``RESULT {json}``.
 """
 from __future__ import annotations
 
@@ -34,12 +37,12 @@ from accuracy import runner_main  # noqa: E402
 
 
 def scenarios():
-    """``(name, expect, allow, run)`` for every scenario of the Paddle suite, both ways to train."""
+    """``(name, expect, allow, run)`` for every scenario and twin of the Paddle suite, both ways to train."""
     import test_paddle as tp
     items = []
     for way, runner in (("dygraph", tp.run_dygraph), ("fit", tp.run_fit)):
         items += [(f"{sc.name}/{way}", tuple(sc.expect), tuple(sc.allow), lambda sc=sc, r=runner: r(sc))
-                  for sc in tp.SCENARIOS]
+                  for sc in tp.SCENARIOS + tp.TWINS]
     return items
 
 

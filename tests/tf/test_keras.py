@@ -1,7 +1,8 @@
 """Keras 3 / TensorFlow backend on real training runs (scikit-learn digits, small models).
 
 Each planted fault must produce its code, in ``model.fit`` and in a custom GradientTape
-loop; the same models trained soundly must stay healthy. Run apart from Paddle:
+loop; the same models trained soundly must stay healthy, and so must each fault's corrected
+twin (the same run with the mistake fixed), which must also learn. Run apart from Paddle:
 ``python -m pytest tests/tf -q``.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sklearn.datasets import load_digits
 
 import lossprobe
 from lossprobe.integrations.keras import LossProbeCallback
+from twins import TWIN, assert_sound_twin, twin_param
 
 pytestmark = pytest.mark.tensorflow
 
@@ -47,14 +49,15 @@ def cnn(seed: int = 0) -> keras.Model:
                              L.GlobalAveragePooling2D(), L.Dense(10)])
 
 
-def side_branch_model(seed: int = 0) -> keras.Model:
+def side_branch_model(seed: int = 0, fixed: bool = False) -> keras.Model:
     """A trainable Dense layer whose output passes through stop_gradient: its variables are
-    trainable but never receive a gradient (the frozen_parameters fault)."""
+    trainable but never receive a gradient (the frozen_parameters fault). ``fixed``: the side
+    branch joins the sum as it is, and trains."""
     keras.utils.set_random_seed(seed)
     inp = keras.Input((64,))
     h = keras.layers.Dense(64, activation="relu", name="hidden")(inp)
     side = keras.layers.Dense(64, name="side")(inp)
-    h = keras.layers.Add()([h, keras.ops.stop_gradient(side) * 0.0])
+    h = keras.layers.Add()([h, side if fixed else keras.ops.stop_gradient(side) * 0.0])
     return keras.Model(inp, keras.layers.Dense(10, name="head")(h))
 
 
@@ -100,7 +103,11 @@ def nan_after(step: int):
     return make
 
 
-def random_label_dataset(batch=64):
+def label_dataset(random_labels: bool, batch=64):
+    """The training digits as a ``tf.data`` pipeline; ``random_labels``: each batch gets labels
+    drawn at random instead of its own (the chance_level_loss fault)."""
+    if not random_labels:
+        return tf.data.Dataset.from_tensor_slices((X_TR, Y_TR)).repeat().batch(batch)
     ds = tf.data.Dataset.from_tensor_slices(X_TR).repeat().batch(batch)
     return ds.map(lambda x: (x, tf.random.uniform([tf.shape(x)[0]], 0, 10, tf.int64, seed=1)))
 
@@ -115,26 +122,32 @@ def _softmax_head(model):
     return model
 
 
+# Each planted fault is one argument of a run; ``fixed=True`` gives its corrected twin, the same
+# run with that one mistake fixed (``if fixed else`` marks the line), which must stay silent.
 FIT_FAULTS = {
-    "nan_loss": lambda: fit_run(mlp(), loss=nan_after(40), epochs=3),
+    "nan_loss": lambda fixed=False: fit_run(mlp(), loss=CE if fixed else nan_after(40), epochs=3),
     # linear regression on raw 0..16 pixels, SGD past its stability limit: exponential blow-up
-    "exploding_gradients": lambda: fit_run(keras.Sequential([keras.Input((64,)), keras.layers.Dense(32),
-                                                             keras.layers.Dense(1)]),
-                                           opt="sgd", lr=5e-4, loss="mse", x=X_TR * 16,
-                                           y=Y_TR.astype("float32")[:, None], epochs=3),
-    "vanishing_gradients": lambda: fit_run(mlp(depth=10, act="sigmoid"), opt="sgd", lr=0.01, epochs=4),
-    "dead_relu": lambda: fit_run(mlp(bias=-5.0), epochs=4),
-    "softmax_overflow": lambda: fit_run(scale_kernel(mlp(), 1e4), lr=1e-4, epochs=3),
-    "chance_level_loss": lambda: fit_run(mlp(), dataset=random_label_dataset(), epochs=1, steps=100),
+    # (fixed: the pixels scaled to 0..1)
+    "exploding_gradients": lambda fixed=False: fit_run(
+        keras.Sequential([keras.Input((64,)), keras.layers.Dense(32), keras.layers.Dense(1)]),
+        opt="sgd", lr=5e-4, loss="mse", x=X_TR if fixed else X_TR * 16, y=Y_TR.astype("float32")[:, None],
+        epochs=3),
+    "vanishing_gradients": lambda fixed=False: fit_run(mlp(depth=10, act="relu" if fixed else "sigmoid"), epochs=4),
+    "dead_relu": lambda fixed=False: fit_run(mlp(bias=0.0 if fixed else -5.0), epochs=4),
+    "softmax_overflow": lambda fixed=False: fit_run(scale_kernel(mlp(), 1.0 if fixed else 1e4), epochs=3),
+    "chance_level_loss": lambda fixed=False: fit_run(mlp(), dataset=label_dataset(random_labels=not fixed),
+                                                     epochs=1, steps=100),
     # a schedule that drops the learning rate 10000x after 40 steps: the loss freezes mid-way
-    "loss_plateau": lambda: fit_run(mlp(), epochs=9, optimizer=keras.optimizers.Adam(
-        learning_rate=keras.optimizers.schedules.PiecewiseConstantDecay([40], [1e-3, 1e-7]))),
+    # (fixed: the 10x drop that was meant)
+    "loss_plateau": lambda fixed=False: fit_run(mlp(), epochs=9, optimizer=keras.optimizers.Adam(
+        learning_rate=keras.optimizers.schedules.PiecewiseConstantDecay([40], [1e-3, 1e-4 if fixed else 1e-7]))),
     # 60 training digits and a wide net: it memorises them, validation loss turns and rises
-    "overfitting": lambda: fit_run(mlp(width=256), lr=3e-3, x=X_TR[:60], y=Y_TR[:60], batch=30,
-                                   epochs=25, val=True),
-    "frozen_parameters": lambda: fit_run(side_branch_model(), epochs=2),
-    # the classic Keras slip: a softmax head and a from_logits=True loss
-    "double_softmax": lambda: fit_run(_softmax_head(mlp()), epochs=2),
+    # (fixed: the whole training set)
+    "overfitting": lambda fixed=False: fit_run(mlp(width=256), lr=3e-3, x=X_TR if fixed else X_TR[:60],
+                                               y=Y_TR if fixed else Y_TR[:60], batch=30, epochs=25, val=True),
+    "frozen_parameters": lambda fixed=False: fit_run(side_branch_model(fixed=fixed), epochs=2),
+    # the classic Keras slip: a softmax head and a from_logits=True loss (fixed: a linear head)
+    "double_softmax": lambda fixed=False: fit_run(mlp() if fixed else _softmax_head(mlp()), epochs=4),
 }
 
 
@@ -359,18 +372,23 @@ def _nan_from(at):
     return fn
 
 
-TAPE_FAULTS = {
-    "nan_loss": lambda: tape_run(mlp(), loss_fn=_nan_from(40), compiled=False, steps=60),
-    "exploding_gradients": lambda: tape_run(keras.Sequential([keras.Input((64,)), keras.layers.Dense(32),
-                                                              keras.layers.Dense(1)]),
-                                            opt="sgd", lr=5e-4, loss_fn=keras.losses.MeanSquaredError(),
-                                            x=X_TR * 16, y=Y_TR.astype("float32")[:, None], steps=60),
-    "dead_relu": lambda: tape_run(mlp(bias=-5.0), steps=80),
-    "softmax_overflow": lambda: tape_run(scale_kernel(mlp(), 1e4), lr=1e-4, steps=60),
-    "chance_level_loss": lambda: tape_run(mlp(), y_fn=lambda y, s: np.random.default_rng(s).integers(0, 10, y.shape),
-                                          steps=100),
-    "vanishing_gradients": lambda: tape_run(mlp(depth=10, act="sigmoid"), opt="sgd", lr=0.01, steps=80),
-    "frozen_parameters": lambda: tape_run(side_branch_model(), steps=40),
+def _random_labels(y, step):
+    return np.random.default_rng(step).integers(0, 10, y.shape)
+
+
+TAPE_FAULTS = {  # ``fixed=True``: the corrected twin, as in FIT_FAULTS
+    "nan_loss": lambda fixed=False: tape_run(mlp(), loss_fn=CE if fixed else _nan_from(40), compiled=False,
+                                             steps=60),
+    "exploding_gradients": lambda fixed=False: tape_run(
+        keras.Sequential([keras.Input((64,)), keras.layers.Dense(32), keras.layers.Dense(1)]),
+        opt="sgd", lr=5e-4, loss_fn=keras.losses.MeanSquaredError(), x=X_TR if fixed else X_TR * 16,
+        y=Y_TR.astype("float32")[:, None], steps=60),
+    "dead_relu": lambda fixed=False: tape_run(mlp(bias=0.0 if fixed else -5.0), steps=80),
+    "softmax_overflow": lambda fixed=False: tape_run(scale_kernel(mlp(), 1.0 if fixed else 1e4), steps=60),
+    "chance_level_loss": lambda fixed=False: tape_run(mlp(), y_fn=None if fixed else _random_labels, steps=100),
+    "vanishing_gradients": lambda fixed=False: tape_run(mlp(depth=10, act="relu" if fixed else "sigmoid"),
+                                                        steps=80),
+    "frozen_parameters": lambda fixed=False: tape_run(side_branch_model(fixed=fixed), steps=40),
 }
 
 
@@ -385,6 +403,22 @@ TAPE_HEALTHY = {
     "compiled-step": lambda: tape_run(mlp(), steps=200, val_every=40),
     "eager-step": lambda: tape_run(mlp(), steps=120, compiled=False),
 }
+
+
+# -- corrected twins: every planted fault above with its one mistake fixed --------------------
+TWINS = {f"{TWIN}{code}/{way}": run for table, way in ((FIT_FAULTS, "fit"), (TAPE_FAULTS, "tape"))
+         for code, run in table.items()}
+# Here, one twin per code (the tape one where there is one; not overfitting's: 1175 steps);
+# benchmarks/accuracy_tensorflow.py runs them all.
+CI_TWINS = sorted({f"{TWIN}{code}/tape" for code in TAPE_FAULTS}
+                  | {f"{TWIN}{code}/fit" for code in FIT_FAULTS.keys() - TAPE_FAULTS.keys() - {"overfitting"}})
+# Twins the rules alarm today: the code that fires, and why it fires on a sound run.
+ALARMED_TWINS: dict[str, str] = {}
+
+
+@pytest.mark.parametrize("name", [twin_param(n, n, ALARMED_TWINS) for n in CI_TWINS])
+def test_corrected_twin_learns_and_stays_silent(name):
+    assert_sound_twin(TWINS[name](fixed=True))
 
 
 @pytest.mark.parametrize("name", sorted(TAPE_HEALTHY))

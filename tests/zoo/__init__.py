@@ -1,5 +1,6 @@
 """The fault zoo: small, real PyTorch training scripts, each with one planted fault and the
-diagnosis codes it must produce, plus healthy scripts that must produce no warning.
+diagnosis codes it must produce, its corrected twin, and healthy scripts that must produce no
+warning.
 
 Each scenario is a plain function ``script(seed) -> Probe``: it trains a small model the
 way a user would, with the probe attached, and returns the detached probe. The registry
@@ -10,17 +11,29 @@ so :func:`run` can score a run::
     out = run(load()["dead_relu/mlp_lr_burst_kills_relus"], seed=0)
     out.passed, out.latency            # True {"dead_relu": 59}
 
-Scenarios live in :mod:`zoo.faults` (one or more per catalog code) and
+Every faulty script takes ``fixed: bool = False``; with ``fixed=True`` it is its *corrected
+twin*: the same script with the one planted mistake fixed (the faulty line reads e.g.
+``lr=1e-3 if fixed else 0.1``). The twin is registered as ``twin/<code>/<script>`` and is
+scored like a healthy run (no warning or critical finding) that must also learn: the twins
+are the zoo's false-alarm measure::
+
+    twin = load()["twin/dead_relu/mlp_lr_burst_kills_relus"]
+    out = run(twin)
+    out.passed, out.learned.ok         # silent, and its loss fell
+
+Scenarios live in :mod:`zoo.faults` (one or more per catalog code, each with its twin) and
 :mod:`zoo.healthy` (no warning or critical finding allowed).
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Union
 
 import torch
 
+from twins import TWIN, LossFell, loss_fell
 from lossprobe.catalog import CATALOG
 
 Onset = Union[int, Callable[..., int]]
@@ -36,11 +49,17 @@ class Scenario:
     model: str = ""
     fast: bool = False           # part of the CI subset (tests/test_zoo.py)
     silent: bool = False         # healthy run: no warning/critical finding at all
-    planted: str = ""            # how the fault is planted, one line
+    planted: str = ""            # how the fault is planted (a twin: how it is fixed), one line
+    twin_of: str = ""            # a corrected twin: the name of the faulty scenario it fixes
 
     @property
     def code(self) -> str:
         return self.expect[0] if self.expect else "healthy"
+
+    @property
+    def fault_code(self) -> str:
+        """The headline code of the fault (a twin: of the fault it corrects)."""
+        return self.twin_of.split("/")[0] if self.twin_of else self.code
 
 
 @dataclass
@@ -55,10 +74,18 @@ class Outcome:
     seconds: float
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)   # criticals not explained by the fault, or any warning on a silent run
+    learned: LossFell | None = None     # whether the training loss fell (see twins.loss_fell)
 
     @property
     def passed(self) -> bool:
-        return not self.missing and not self.unexpected
+        """Expected codes found, nothing unexpected, and a twin's loss fell (a twin that does not
+        learn is no sound run: its silence proves nothing)."""
+        return not self.missing and not self.unexpected and self.learns
+
+    @property
+    def learns(self) -> bool:
+        """A twin's training loss fell; other scenarios are not judged on it."""
+        return not self.scenario.twin_of or (self.learned is not None and self.learned.ok)
 
     @property
     def latency(self) -> dict[str, int]:
@@ -78,6 +105,8 @@ class Outcome:
             extra += f" missing={self.missing}"
         if self.unexpected:
             extra += f" unexpected={self.unexpected}"
+        if self.scenario.twin_of and self.learned is not None:
+            extra += f" {self.learned.describe()}" + ("" if self.learned.ok else " (NOT LEARNING)")
         return f"{flag} {self.scenario.name:<45} onset={self.onset:<4} found: {found}{extra} ({self.seconds:.1f}s)"
 
 
@@ -94,12 +123,21 @@ def _register(s: Scenario) -> None:
     SCENARIOS[s.name] = s
 
 
-def fault(*codes: str, onset: Onset, model: str, planted: str, allow: tuple[str, ...] = (),
+def fault(*codes: str, onset: Onset, model: str, planted: str, fix: str = "", allow: tuple[str, ...] = (),
           fast: bool = False, silent: bool = False):
-    """Register a faulty script that must produce ``codes`` (the first is its headline code)."""
+    """Register a faulty script that must produce ``codes`` (the first is its headline code),
+    and its corrected twin ``script(seed, fixed=True)``, described by ``fix`` (one line: what
+    the twin changes). Every fault has a twin, in the CI subset when the fault is; only the
+    ``silent`` info-level scenarios (a sound run that must report ``converged``) have no
+    mistake to fix."""
     def deco(fn):
-        _register(Scenario(f"{codes[0]}/{fn.__name__}", fn, tuple(codes), onset, tuple(allow), model,
-                           fast, silent, planted))
+        name = f"{codes[0]}/{fn.__name__}"
+        _register(Scenario(name, fn, tuple(codes), onset, tuple(allow), model, fast, silent, planted))
+        if fix:
+            _register(Scenario(f"{TWIN}{name}", functools.partial(fn, fixed=True), (), 0, (), model, fast, True,
+                               fix, twin_of=name))
+        elif not silent:
+            raise ValueError(f"{name}: a faulty script needs its corrected twin (fix=...)")
         return fn
     return deco
 
@@ -135,7 +173,8 @@ def run(s: Scenario, seed: int = 0) -> Outcome:
     else:
         unexpected = [c for c, sev in codes.items()
                       if sev == "critical" and c not in s.expect and c not in s.allow]
-    return Outcome(s, seed, probe.health, codes, first, detected_at, onset, seconds, missing, unexpected)
+    learned = loss_fell(probe.history.loss_sketch()[1])
+    return Outcome(s, seed, probe.health, codes, first, detected_at, onset, seconds, missing, unexpected, learned)
 
 
 def crashed(s: Scenario, seed: int, exc: BaseException) -> Outcome:

@@ -99,6 +99,16 @@ def wave_regression(n: int, seed: int, noise: float = 0.05, dim: int = 4):
     return X, y.unsqueeze(1)
 
 
+def linear_regression(n: int, seed: int, noise: float = 0.1, dim: int = 4):
+    """A linear target of ``dim`` standard-normal features plus noise: least squares fits it
+    down to the noise floor (``noise ** 2``)."""
+    g = torch.Generator().manual_seed(20_000 + seed)
+    X = torch.randn(n, dim, generator=g)
+    w = torch.linspace(2.0, -1.0, dim)
+    y = X @ w + 0.5 + noise * torch.randn(n, generator=g)
+    return X, y.unsqueeze(1)
+
+
 def batches(X: torch.Tensor, Y: torch.Tensor, batch_size: int, seed: int,
             shuffle: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """An endless stream of mini-batches (a fresh permutation each epoch, like a DataLoader)."""

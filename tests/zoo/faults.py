@@ -5,6 +5,13 @@ says which diagnosis it must trigger, when the fault became visible (``onset``: 
 or a function of the finished probe for faults whose moment depends on the run), and
 which other critical codes are direct consequences of it (``allow``: a NaN loss brings
 NaN gradients with it). Warnings that come along are not held against a faulty run.
+
+Every script takes ``fixed: bool = False``: ``fixed=True`` is its corrected twin, the same
+script with the one planted mistake fixed, the faulty line written ``good if fixed else bad``
+(or ``if not fixed:`` before the bug); ``fix=`` says what the twin changes. The twin must
+learn and stay silent. Where fixing the planted line alone would leave a run that cannot
+learn, the fault's other settings were chosen so that the fix does (e.g. Adam rather than
+plain SGD under the deep sigmoid stacks, a linear target for the least-squares overflow).
 """
 from __future__ import annotations
 
@@ -15,8 +22,9 @@ from torch import nn
 
 from . import fault
 from .common import (FLT_MIN, WARMUP, GRUClassifier, SmallCNN, TinyTransformer, attach, batches, digit_images,
-                     digit_rows, digits, evaluate, first_nonfinite_loss, flat_from, loss_min_step,
-                     lr_lambda_jump, mlp, stalled_from, val_min_step, val_stalled_from, wave_regression)
+                     digit_rows, digits, evaluate, first_nonfinite_loss, flat_from, linear_regression,
+                     loss_min_step, lr_lambda_jump, mlp, stalled_from, val_min_step, val_stalled_from,
+                     wave_regression)
 
 NONFINITE = ("nan_loss", "nonfinite_gradients", "nonfinite_inputs", "exploding_gradients", "loss_divergence")
 
@@ -25,13 +33,14 @@ NONFINITE = ("nan_loss", "nonfinite_gradients", "nonfinite_inputs", "exploding_g
 # NaN / Inf
 # ======================================================================================
 @fault("nan_loss", onset=first_nonfinite_loss, model="mlp", fast=True, allow=NONFINITE + ("softmax_overflow",),
-       planted="hand-written cross-entropy log(softmax) and an lr schedule that jumps 300x at step 100")
-def mlp_naive_ce_lr_jump(seed):
+       planted="hand-written cross-entropy log(softmax) and an lr schedule that jumps 300x at step 100",
+       fix="the step at 100 is the 0.3x decay that was meant, not 300x (the hand-written log(softmax) stays)")
+def mlp_naive_ce_lr_jump(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digits()
     model = mlp([64, 64, 10])
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda_jump(100, 300.0))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda_jump(100, 0.3 if fixed else 300.0))
     probe = attach(model)
     for step, (x, y) in zip(range(240), batches(Xtr, Ytr, 64, seed)):
         p = torch.softmax(model(x), dim=1)
@@ -43,12 +52,13 @@ def mlp_naive_ce_lr_jump(seed):
 
 
 @fault("nan_loss", onset=first_nonfinite_loss, model="regression", fast=True, allow=NONFINITE,
-       planted="linear least squares, plain SGD at lr 1.5 (past 2/curvature): the error doubles every step")
-def regression_sgd_overflow(seed):
+       planted="linear least squares, plain SGD at lr 1.5 (past 2/curvature): the error doubles every step",
+       fix="SGD lr 0.1, inside the stable range")
+def regression_sgd_overflow(seed, fixed: bool = False):
     torch.manual_seed(seed)
-    X, y = wave_regression(2048, seed)
+    X, y = linear_regression(2048, seed)
     model = nn.Linear(4, 1)
-    opt = torch.optim.SGD(model.parameters(), lr=1.5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1 if fixed else 1.5)
     loss_fn = nn.MSELoss()
     probe = attach(model)
     for step, (x, t) in zip(range(200), batches(X, y, 64, seed)):
@@ -59,12 +69,13 @@ def regression_sgd_overflow(seed):
 
 
 @fault("nan_loss", onset=first_nonfinite_loss, model="gru", fast=True, allow=NONFINITE + ("softmax_overflow",),
-       planted="GRU classifier, NLL of log(softmax) written by hand, Adam lr 1.0: a probability underflows to 0")
-def gru_log_of_softmax(seed):
+       planted="GRU classifier, NLL of log(softmax) written by hand, Adam lr 1.0: a probability underflows to 0",
+       fix="Adam lr 3e-3 (the hand-written log(softmax) stays: nothing underflows at a sane lr)")
+def gru_log_of_softmax(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digit_rows()
     model = GRUClassifier()
-    opt = torch.optim.Adam(model.parameters(), lr=1.0)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3 if fixed else 1.0)
     probe = attach(model)
     for step, (x, y) in zip(range(240), batches(Xtr, Ytr, 64, seed)):
         logp = torch.log(torch.softmax(model(x), dim=1))   # -inf where softmax underflows
@@ -75,20 +86,32 @@ def gru_log_of_softmax(seed):
     return probe
 
 
+def positive_sqrt(x: torch.Tensor, fixed: bool = False) -> torch.Tensor:
+    """sqrt where positive, else 0, via torch.where: the forward is finite, but the untaken
+    branch sqrt(negative) = NaN still gets gradient 0 * NaN = NaN. ``fixed``: the 'double
+    where', which hands the sqrt only positive values."""
+    inner = torch.where(x > 0, x, torch.ones_like(x)) if fixed else x
+    return torch.where(x > 0, torch.sqrt(inner), torch.zeros_like(x))
+
+
 class SafeSqrt(nn.Module):
-    """sqrt where positive, else 0, via torch.where: the forward is finite, but the
-    untaken branch sqrt(negative) = NaN still gets gradient 0 * NaN = NaN."""
+    """:func:`positive_sqrt` as an activation layer."""
+
+    def __init__(self, fixed: bool = False):
+        super().__init__()
+        self.fixed = fixed
 
     def forward(self, x):
-        return torch.where(x > 0, torch.sqrt(x), torch.zeros_like(x))
+        return positive_sqrt(x, self.fixed)
 
 
 @fault("nonfinite_gradients", onset=0, model="mlp", fast=True, allow=NONFINITE,
-       planted="activation torch.where(x > 0, sqrt(x), 0): finite forward, NaN gradient (the where trap)")
-def mlp_where_sqrt(seed):
+       planted="activation torch.where(x > 0, sqrt(x), 0): finite forward, NaN gradient (the where trap)",
+       fix="the 'double where': sqrt only ever sees positive values, so no NaN reaches the gradient")
+def mlp_where_sqrt(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digits()
-    model = nn.Sequential(nn.Linear(64, 64), SafeSqrt(), nn.Linear(64, 10))
+    model = nn.Sequential(nn.Linear(64, 64), SafeSqrt(fixed), nn.Linear(64, 10))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
@@ -109,8 +132,9 @@ class HandNorm(nn.Module):
 
 
 @fault("nonfinite_gradients", onset=150, model="mlp", fast=True, allow=NONFINITE,
-       planted="hand-written batch norm sqrt(var)+eps; from step 150 the loader repeats one sample per batch")
-def mlp_handnorm_duplicate_batch(seed):
+       planted="hand-written batch norm sqrt(var)+eps; from step 150 the loader repeats one sample per batch",
+       fix="the sampler fixed: batches stay varied (the eps outside the sqrt stays)")
+def mlp_handnorm_duplicate_batch(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digits()
     model = nn.Sequential(nn.Linear(64, 64), HandNorm(), nn.ReLU(), nn.Linear(64, 10))
@@ -118,7 +142,7 @@ def mlp_handnorm_duplicate_batch(seed):
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
     for step, (x, y) in zip(range(240), batches(Xtr, Ytr, 64, seed)):
-        if step >= 150:                      # the bug: a sampler that repeats the first index
+        if step >= 150 and not fixed:        # the bug: a sampler that repeats the first index
             x, y = x[:1].expand_as(x).clone(), y[:1].expand_as(y).clone()
         loss = loss_fn(model(x), y)
         opt.zero_grad(); loss.backward(); opt.step()
@@ -128,24 +152,25 @@ def mlp_handnorm_duplicate_batch(seed):
 
 class PowerNormCNN(SmallCNN):
     """Power-normalised embedding: sqrt of the positive part of a linear projection of the
-    conv features, written with torch.where (NaN gradients from the untaken branch)."""
+    conv features, written with torch.where (:func:`positive_sqrt`)."""
 
-    def __init__(self):
+    def __init__(self, fixed: bool = False):
         super().__init__()
         self.proj = nn.Linear(512, 64)
         self.head = nn.Linear(64, 10)
+        self.fixed = fixed
 
     def forward(self, x):
-        z = self.proj(self.features(x).flatten(1))
-        return self.head(torch.where(z > 0, z.sqrt(), torch.zeros_like(z)))
+        return self.head(positive_sqrt(self.proj(self.features(x).flatten(1)), self.fixed))
 
 
 @fault("nonfinite_gradients", onset=0, model="cnn", allow=NONFINITE,
-       planted="power-normalised CNN embedding via torch.where(z > 0, sqrt(z), 0)")
-def cnn_power_norm(seed):
+       planted="power-normalised CNN embedding via torch.where(z > 0, sqrt(z), 0)",
+       fix="the 'double where': sqrt only ever sees positive values, so no NaN reaches the gradient")
+def cnn_power_norm(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digit_images()
-    model = PowerNormCNN()
+    model = PowerNormCNN(fixed)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
@@ -157,12 +182,15 @@ def cnn_power_norm(seed):
 
 
 @fault("nonfinite_inputs", onset=120, model="mlp", fast=True, allow=NONFINITE,
-       planted="from step 120 batches come from a shard where missing pixels are NaN")
-def mlp_nan_shard(seed):
+       planted="from step 120 batches come from a shard where missing pixels are NaN",
+       fix="the shard cleaned: missing pixels imputed with 0, the standardised mean")
+def mlp_nan_shard(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digits()
     bad = Xtr.clone()
     bad[torch.rand(bad.shape, generator=torch.Generator().manual_seed(seed)) < 0.01] = float("nan")
+    if fixed:                              # the shard cleaned: missing pixels get the (standardised) mean
+        bad = bad.nan_to_num(0.0)
     model = mlp([64, 64, 10])
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
@@ -177,8 +205,9 @@ def mlp_nan_shard(seed):
 
 
 @fault("nonfinite_inputs", onset=90, model="cnn", allow=NONFINITE,
-       planted="per-image standardisation (x - mean) / std; blank images appear from step 90: 0/0")
-def cnn_blank_image_standardise(seed):
+       planted="per-image standardisation (x - mean) / std; blank images appear from step 90: 0/0",
+       fix="the per-image std clamped at 1e-6: a blank image standardises to zeros")
+def cnn_blank_image_standardise(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digit_images(normalize=False)
     model = SmallCNN()
@@ -188,7 +217,8 @@ def cnn_blank_image_standardise(seed):
     for step, (x, y) in zip(range(180), batches(Xtr, Ytr, 32, seed)):
         if step >= 90:
             x = x.clone(); x[:2] = 0.0                      # padding images from a new source
-        x = (x - x.mean((1, 2, 3), keepdim=True)) / x.std((1, 2, 3), keepdim=True)
+        std = x.std((1, 2, 3), keepdim=True)
+        x = (x - x.mean((1, 2, 3), keepdim=True)) / (std.clamp_min(1e-6) if fixed else std)
         loss = loss_fn(model(x), y)
         opt.zero_grad(); loss.backward(); opt.step()
     probe.detach()
@@ -196,8 +226,9 @@ def cnn_blank_image_standardise(seed):
 
 
 @fault("nonfinite_inputs", onset=100, model="gru", fast=True, allow=NONFINITE,
-       planted="sensor rates computed as delta / dt; from step 100 some readings repeat a timestamp (dt = 0)")
-def gru_rate_division(seed):
+       planted="sensor rates computed as delta / dt; from step 100 some readings repeat a timestamp (dt = 0)",
+       fix="a repeated timestamp gives rate 0: torch.where(dt > 0, x / dt, 0)")
+def gru_rate_division(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digit_rows()
     model = GRUClassifier()
@@ -209,7 +240,7 @@ def gru_rate_division(seed):
         dt = torch.ones(x.shape[0], 8, 1)
         if step >= 100:
             dt[torch.rand(dt.shape, generator=g) < 0.02] = 0.0
-        x = x / dt                                              # inf (or nan) where dt == 0
+        x = torch.where(dt > 0, x / dt, 0.0) if fixed else x / dt   # inf (or nan) where dt == 0
         loss = loss_fn(model(x), y)
         opt.zero_grad(); loss.backward(); opt.step()
     probe.detach()
@@ -224,13 +255,14 @@ def _clamped_ce(logits, y):
 
 @fault("softmax_overflow", onset=60, model="mlp", fast=True,
        allow=NONFINITE + ("zero_gradients",),  # the clamp at FLT_MIN has zero gradient once pinned
-       planted="'NaN-safe' cross-entropy (nan_to_num + clamp to FLT_MIN) with lr 20: loss pins at 87.3365")
-def mlp_nan_safe_ce_pinned(seed):
+       planted="'NaN-safe' cross-entropy (nan_to_num + clamp to FLT_MIN) with lr 20: loss pins at 87.3365",
+       fix="no 2000x lr jump at step 60 (the 'NaN-safe' cross-entropy stays)")
+def mlp_nan_safe_ce_pinned(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digits()
     model = mlp([64, 64, 10])
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda_jump(60, 2000.0))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda_jump(60, 1.0 if fixed else 2000.0))
     probe = attach(model)
     for step, (x, y) in zip(range(200), batches(Xtr, Ytr, 64, seed)):
         loss = _clamped_ce(model(x), y)
@@ -254,12 +286,13 @@ class CosineClassifier(nn.Module):
 
 
 @fault("softmax_overflow", onset=0, model="cnn", fast=True, allow=("loss_divergence", "exploding_gradients"),
-       planted="cosine-classifier head with scale 1000 (meant ~30): logits far beyond exp's fp32 range")
-def cnn_cosine_scale(seed):
+       planted="cosine-classifier head with scale 1000 (meant ~30): logits far beyond exp's fp32 range",
+       fix="cosine-classifier scale 30")
+def cnn_cosine_scale(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digit_images()
     body = nn.Sequential(SmallCNN().features, nn.Flatten(), nn.Linear(512, 32))
-    model = CosineClassifier(body, 32)
+    model = CosineClassifier(body, 32, scale=30.0 if fixed else 1000.0)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
@@ -271,18 +304,23 @@ def cnn_cosine_scale(seed):
 
 
 class TemperatureGRU(GRUClassifier):
-    """Logits divided by a temperature of 0.001 (a 'sharpening' meant as 1000)."""
+    """Logits divided by a temperature (0.001 is a 'sharpening' meant as 1000)."""
+
+    def __init__(self, temperature: float):
+        super().__init__()
+        self.temperature = temperature
 
     def forward(self, x):
-        return super().forward(x) / 1e-3
+        return super().forward(x) / self.temperature
 
 
 @fault("softmax_overflow", onset=0, model="gru", allow=("loss_divergence", "exploding_gradients"),
-       planted="logits divided by temperature 1e-3 (1000x too sharp)")
-def gru_temperature(seed):
+       planted="logits divided by temperature 1e-3 (1000x too sharp)",
+       fix="temperature 1 (no sharpening)")
+def gru_temperature(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digit_rows()
-    model = TemperatureGRU()
+    model = TemperatureGRU(temperature=1.0 if fixed else 1e-3)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
@@ -297,11 +335,12 @@ def gru_temperature(seed):
 # Loss stuck at chance
 # ======================================================================================
 @fault("chance_level_loss", onset=WARMUP, model="mlp", fast=True,
-       planted="nn.Dropout(p=1.0) on the input (meant 0.1): the network never sees a pixel")
-def mlp_dropout_one(seed):
+       planted="nn.Dropout(p=1.0) on the input (meant 0.1): the network never sees a pixel",
+       fix="nn.Dropout(p=0.1), as meant")
+def mlp_dropout_one(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digits()
-    model = nn.Sequential(nn.Dropout(1.0), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    model = nn.Sequential(nn.Dropout(0.1 if fixed else 1.0), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
@@ -313,11 +352,14 @@ def mlp_dropout_one(seed):
 
 
 @fault("chance_level_loss", onset=WARMUP, model="mlp-binary",
-       planted="binary even/odd task whose labels were shuffled apart from the images (a bad join)")
-def bce_labels_detached_from_inputs(seed):
+       planted="binary even/odd task whose labels were shuffled apart from the images (a bad join)",
+       fix="the labels stay joined to their images")
+def bce_labels_detached_from_inputs(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digits()
-    y = (Ytr % 2).float()[torch.randperm(len(Ytr), generator=torch.Generator().manual_seed(seed))]
+    y = (Ytr % 2).float()
+    if not fixed:                          # the bad join: labels shuffled apart from their images
+        y = y[torch.randperm(len(Ytr), generator=torch.Generator().manual_seed(seed))]
     model = mlp([64, 32, 1])
     opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
     loss_fn = nn.BCEWithLogitsLoss()
@@ -330,16 +372,17 @@ def bce_labels_detached_from_inputs(seed):
 
 
 @fault("chance_level_loss", onset=WARMUP, model="cnn", fast=True,
-       planted="images divided by 255 twice (raw 0..16 pixels become ~1e-4): plain SGD learns nothing")
-def cnn_double_scaled_inputs(seed):
+       planted="images divided by 255 twice (raw 0..16 pixels become ~1e-4): SGD learns nothing",
+       fix="the pixels divided once, by their range (16 for these digits): inputs 0..1")
+def cnn_double_scaled_inputs(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digit_images(normalize=False)
     model = SmallCNN()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
     for step, (x, y) in zip(range(150), batches(Xtr, Ytr, 64, seed)):
-        x = x / 255.0 / 255.0
+        x = x / 16.0 if fixed else x / 255.0 / 255.0
         loss = loss_fn(model(x), y)
         opt.zero_grad(); loss.backward(); opt.step()
     probe.detach()
@@ -351,13 +394,14 @@ def cnn_double_scaled_inputs(seed):
 # ======================================================================================
 @fault("exploding_gradients", onset=80, model="regression", fast=True,
        allow=NONFINITE,
-       planted="tanh MLP regression; a warm-up schedule overshoots to 40x the lr at step 80")
-def regression_warmup_overshoot(seed):
+       planted="tanh MLP regression; a warm-up schedule overshoots to 40x the lr at step 80",
+       fix="the warm-up ends at the base lr (no 40x overshoot at step 80)")
+def regression_warmup_overshoot(seed, fixed: bool = False):
     torch.manual_seed(seed)
     X, y = wave_regression(2048, seed)
     model = mlp([4, 64, 64, 1], act=nn.Tanh)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda_jump(80, 40.0))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda_jump(80, 1.0 if fixed else 40.0))
     loss_fn = nn.MSELoss()
     probe = attach(model)
     for step, (x, t) in zip(range(200), batches(X, y, 64, seed)):
@@ -381,8 +425,9 @@ class RNNRegressor(nn.Module):
 
 
 @fault("exploding_gradients", onset=0, model="rnn", fast=True, allow=NONFINITE,
-       planted="vanilla tanh RNN on 40-step sequences, SGD lr 0.1 + momentum, no gradient clipping")
-def rnn_no_clipping(seed):
+       planted="vanilla tanh RNN on 40-step sequences, SGD lr 0.1 + momentum, no gradient clipping",
+       fix="clip_grad_norm_(model.parameters(), 1.0) before each step")
+def rnn_no_clipping(seed, fixed: bool = False):
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(1024, 40, 1, generator=g)
@@ -393,7 +438,10 @@ def rnn_no_clipping(seed):
     probe = attach(model)
     for step, (x, t) in zip(range(150), batches(X, y, 32, seed)):
         loss = loss_fn(model(x), t)
-        opt.zero_grad(); loss.backward(); opt.step()     # (no clip_grad_norm_)
+        opt.zero_grad(); loss.backward()
+        if fixed:
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
     probe.detach()
     return probe
 
@@ -420,12 +468,13 @@ def ratings(seed: int, n: int = 8000):
 
 
 @fault("exploding_gradients", onset=0, model="embeddings", fast=True, allow=NONFINITE,
-       planted="matrix factorisation on 1..5 ratings, SGD lr 1.0 + momentum: the embeddings feed back and blow up")
-def mf_embeddings_lr_high(seed):
+       planted="matrix factorisation on 1..5 ratings, SGD lr 1.0 + momentum: the embeddings feed back and blow up",
+       fix="SGD lr 0.05 (momentum 0.9 stays)")
+def mf_embeddings_lr_high(seed, fixed: bool = False):
     torch.manual_seed(seed)
     ui, r = ratings(seed)
     model = MatrixFactorization()
-    opt = torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05 if fixed else 1.0, momentum=0.9)
     loss_fn = nn.MSELoss()
     probe = attach(model)
     for step, (x, t) in zip(range(150), batches(ui, r, 128, seed)):
@@ -436,12 +485,13 @@ def mf_embeddings_lr_high(seed):
 
 
 @fault("learning_rate_too_high", onset=0, model="cnn", fast=True, allow=NONFINITE,
-       planted="CNN with SGD lr 0.5 and momentum 0.9 (about 50x too high)")
-def cnn_sgd_lr_far_too_high(seed):
+       planted="CNN with SGD lr 0.5 and momentum 0.9 (about 50x too high)",
+       fix="SGD lr 0.01 (momentum 0.9 stays)")
+def cnn_sgd_lr_far_too_high(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digit_images()
     model = SmallCNN()
-    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01 if fixed else 0.5, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
     for step, (x, y) in zip(range(150), batches(Xtr, Ytr, 64, seed)):
@@ -452,12 +502,13 @@ def cnn_sgd_lr_far_too_high(seed):
 
 
 @fault("vanishing_gradients", onset=0, model="mlp", fast=True,
-       planted="10 sigmoid layers, default init: each layer scales the backward signal by <= 1/4")
-def mlp_deep_sigmoid(seed):
+       planted="10 sigmoid layers, default init, Adam: each layer scales the backward signal by <= 1/4",
+       fix="ReLU instead of sigmoid in the 10 hidden layers")
+def mlp_deep_sigmoid(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digits()
-    model = mlp([64] + [64] * 10 + [10], act=nn.Sigmoid)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model = mlp([64] + [64] * 10 + [10], act=nn.ReLU if fixed else nn.Sigmoid)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
     for step, (x, y) in zip(range(150), batches(Xtr, Ytr, 64, seed)):
@@ -467,12 +518,14 @@ def mlp_deep_sigmoid(seed):
     return probe
 
 
-class DeepSigmoidCNN(nn.Module):
-    def __init__(self, depth: int = 8):
+class NarrowDeepCNN(nn.Module):
+    """``depth`` 8-channel conv layers, no normalisation."""
+
+    def __init__(self, act: type[nn.Module], depth: int = 8):
         super().__init__()
-        layers = [nn.Conv2d(1, 8, 3, padding=1), nn.Sigmoid()]
+        layers = [nn.Conv2d(1, 8, 3, padding=1), act()]
         for _ in range(depth - 1):
-            layers += [nn.Conv2d(8, 8, 3, padding=1), nn.Sigmoid()]
+            layers += [nn.Conv2d(8, 8, 3, padding=1), act()]
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(8 * 64, 10)
 
@@ -481,12 +534,13 @@ class DeepSigmoidCNN(nn.Module):
 
 
 @fault("vanishing_gradients", onset=0, model="cnn",
-       planted="8 conv layers with sigmoid activations and no normalisation")
-def cnn_deep_sigmoid(seed):
+       planted="8 conv layers with sigmoid activations and no normalisation, Adam",
+       fix="ReLU instead of sigmoid in the 8 conv layers")
+def cnn_deep_sigmoid(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digit_images()
-    model = DeepSigmoidCNN()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model = NarrowDeepCNN(act=nn.ReLU if fixed else nn.Sigmoid)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
     for step, (x, y) in zip(range(150), batches(Xtr, Ytr, 64, seed)):
@@ -497,14 +551,15 @@ def cnn_deep_sigmoid(seed):
 
 
 @fault("bad_initialization", onset=0, model="mlp",
-       planted="12 tanh layers initialised with std 0.05 (Glorot would be ~0.125): the signal shrinks each layer")
-def mlp_deep_tanh_small_init(seed):
+       planted="12 tanh layers initialised with std 0.05 (Glorot would be ~0.125): the signal shrinks each layer",
+       fix="init std 0.125 (Glorot for 64 -> 64)")
+def mlp_deep_tanh_small_init(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digits()
     model = mlp([64] + [64] * 12 + [10], act=nn.Tanh)
     for m in model:
         if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=0.05); nn.init.zeros_(m.bias)
+            nn.init.normal_(m.weight, std=0.125 if fixed else 0.05); nn.init.zeros_(m.bias)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
@@ -516,13 +571,16 @@ def mlp_deep_tanh_small_init(seed):
 
 
 @fault("frozen_parameters", onset=0, model="mlp", fast=True,
-       planted="the optimizer is built, then the head is replaced: the new head is not in the optimizer")
-def mlp_head_replaced_after_optimizer(seed):
+       planted="the optimizer is built, then the head is replaced: the new head is not in the optimizer",
+       fix="the optimizer is built after the head is replaced")
+def mlp_head_replaced_after_optimizer(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digits()
     model = mlp([64, 64, 64, 10])
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     model[4] = nn.Linear(64, 10)          # "re-initialise the classifier" after building opt
+    if fixed:                             # the fix: build the optimizer once the model is final
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
     for step, (x, y) in zip(range(100), batches(Xtr, Ytr, 64, seed)):
@@ -540,11 +598,12 @@ class DetachedCNN(SmallCNN):
 
 
 @fault("frozen_parameters", onset=0, model="cnn", fast=True,
-       planted="a leftover .detach() between the conv features and the head")
-def cnn_detached_features(seed):
+       planted="a leftover .detach() between the conv features and the head",
+       fix="no .detach() in the forward")
+def cnn_detached_features(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digit_images()
-    model = DetachedCNN()
+    model = SmallCNN() if fixed else DetachedCNN()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model, optimizer=opt)
@@ -556,12 +615,13 @@ def cnn_detached_features(seed):
 
 
 @fault("frozen_parameters", onset=0, model="gru", fast=True,
-       planted="optimizer built from model.head.parameters() only (copied from a linear-probe script)")
-def gru_optimizer_only_head(seed):
+       planted="optimizer built from model.head.parameters() only (copied from a linear-probe script)",
+       fix="the optimizer gets model.parameters()")
+def gru_optimizer_only_head(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digit_rows()
     model = GRUClassifier()
-    opt = torch.optim.Adam(model.head.parameters(), lr=3e-3)
+    opt = torch.optim.Adam((model if fixed else model.head).parameters(), lr=3e-3)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
     for step, (x, y) in zip(range(100), batches(Xtr, Ytr, 64, seed)):
@@ -575,13 +635,15 @@ def gru_optimizer_only_head(seed):
 # Activations
 # ======================================================================================
 @fault("dead_relu", onset=100, model="mlp", fast=True, allow=("loss_divergence",),
-       planted="ReLU MLP; a mis-set warm restart runs 10 steps at 100x the lr from step 100")
-def mlp_lr_burst_kills_relus(seed):
+       planted="ReLU MLP; a mis-set warm restart runs 10 steps at 100x the lr from step 100",
+       fix="the warm restart at step 100 restarts at the base lr (no 100x burst)")
+def mlp_lr_burst_kills_relus(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digits()
     model = mlp([64, 128, 128, 10])
     opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 100.0 if 100 <= s < 110 else 1.0)
+    burst = 1.0 if fixed else 100.0
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: burst if 100 <= s < 110 else 1.0)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
     for step, (x, y) in zip(range(240), batches(Xtr, Ytr, 64, seed)):
@@ -592,14 +654,15 @@ def mlp_lr_burst_kills_relus(seed):
 
 
 @fault("dead_relu", onset=0, model="mlp", fast=True,
-       planted="biases initialised to -5 'to start sparse': almost every unit is off for every input")
-def mlp_negative_bias_init(seed):
+       planted="biases initialised to -5 'to start sparse': almost every unit is off for every input",
+       fix="biases initialised to 0")
+def mlp_negative_bias_init(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digits()
     model = mlp([64, 128, 128, 10])
     for m in model[:-1]:
         if isinstance(m, nn.Linear):
-            nn.init.constant_(m.bias, -5.0)
+            nn.init.constant_(m.bias, 0.0 if fixed else -5.0)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
@@ -611,12 +674,13 @@ def mlp_negative_bias_init(seed):
 
 
 @fault("dead_relu", onset=0, model="cnn", allow=("loss_divergence", "exploding_gradients"),
-       planted="CNN trained with Adam at lr 0.05 (50x the usual): channels die in the first steps")
-def cnn_adam_lr_high_dead_channels(seed):
+       planted="CNN trained with Adam at lr 0.05 (50x the usual): channels die in the first steps",
+       fix="Adam lr 1e-3")
+def cnn_adam_lr_high_dead_channels(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digit_images()
     model = SmallCNN()
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3 if fixed else 0.05)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
     for step, (x, y) in zip(range(150), batches(Xtr, Ytr, 64, seed)):
@@ -627,14 +691,15 @@ def cnn_adam_lr_high_dead_channels(seed):
 
 
 @fault("saturated_activations", onset=0, model="mlp", fast=True,
-       planted="tanh MLP with weights drawn from N(0, 1) (8x Glorot): pre-activations of size ~8")
-def mlp_tanh_unit_normal_init(seed):
+       planted="tanh MLP with weights drawn from N(0, 1) (8x Glorot): pre-activations of size ~8",
+       fix="Glorot (xavier_normal_) init")
+def mlp_tanh_unit_normal_init(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digits()
     model = mlp([64, 128, 128, 10], act=nn.Tanh)
     for m in model:
         if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=1.0)
+            nn.init.xavier_normal_(m.weight) if fixed else nn.init.normal_(m.weight, std=1.0)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
@@ -646,10 +711,11 @@ def mlp_tanh_unit_normal_init(seed):
 
 
 @fault("saturated_activations", onset=0, model="mlp", fast=True,
-       planted="sigmoid hidden layers on raw pixel sums: inputs 0..16 feed a sigmoid MLP with init gain 4")
-def mlp_sigmoid_raw_pixels(seed):
+       planted="sigmoid hidden layers on raw pixel sums: inputs 0..16 feed a sigmoid MLP with init gain 4",
+       fix="inputs standardised (the init gain 4 stays)")
+def mlp_sigmoid_raw_pixels(seed, fixed: bool = False):
     torch.manual_seed(seed)
-    Xtr, Ytr, _, _ = digits(normalize=False)
+    Xtr, Ytr, _, _ = digits(normalize=fixed)
     model = mlp([64, 64, 64, 10], act=nn.Sigmoid)
     for m in model:
         if isinstance(m, nn.Linear):
@@ -665,14 +731,15 @@ def mlp_sigmoid_raw_pixels(seed):
 
 
 @fault("saturated_activations", onset=0, model="cnn",
-       planted="tanh CNN whose conv weights were set with nn.init.normal_(w) (std 1: the default)")
-def cnn_tanh_default_normal_init(seed):
+       planted="tanh CNN whose conv weights were set with nn.init.normal_(w) (std 1: the default)",
+       fix="Glorot (xavier_normal_) init for the conv weights")
+def cnn_tanh_default_normal_init(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digit_images()
     model = SmallCNN(act=nn.Tanh)
     for m in model.features:
         if isinstance(m, nn.Conv2d):
-            nn.init.normal_(m.weight)
+            nn.init.xavier_normal_(m.weight) if fixed else nn.init.normal_(m.weight)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
@@ -684,11 +751,12 @@ def cnn_tanh_default_normal_init(seed):
 
 
 @fault("vanishing_gradients", onset=0, model="regression", fast=True,
-       planted="MSE regression through 9 sigmoid layers (default init), Adam")
-def regression_deep_sigmoid(seed):
+       planted="MSE regression through 9 sigmoid layers (default init), Adam",
+       fix="ReLU instead of sigmoid in the 9 hidden layers")
+def regression_deep_sigmoid(seed, fixed: bool = False):
     torch.manual_seed(seed)
     X, y = wave_regression(2048, seed)
-    model = mlp([4] + [64] * 9 + [1], act=nn.Sigmoid)
+    model = mlp([4] + [64] * 9 + [1], act=nn.ReLU if fixed else nn.Sigmoid)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.MSELoss()
     probe = attach(model)
@@ -703,11 +771,12 @@ def regression_deep_sigmoid(seed):
 # Loss curves
 # ======================================================================================
 @fault("loss_plateau", onset=stalled_from, model="regression",
-       planted="a linear model fitted to a non-linear target: it stops improving far above zero")
-def regression_linear_underfit(seed):
+       planted="a linear model fitted to a non-linear target: it stops improving far above zero",
+       fix="an MLP (4-64-64-1) instead of a linear model")
+def regression_linear_underfit(seed, fixed: bool = False):
     torch.manual_seed(seed)
     X, y = wave_regression(4096, seed)
-    model = nn.Linear(4, 1)
+    model = mlp([4, 64, 64, 1]) if fixed else nn.Linear(4, 1)
     opt = torch.optim.Adam(model.parameters(), lr=3e-2)
     loss_fn = nn.MSELoss()
     probe = attach(model)
@@ -719,11 +788,13 @@ def regression_linear_underfit(seed):
 
 
 @fault("loss_plateau", onset=stalled_from, model="mlp", fast=True,
-       planted="a 2-unit tanh bottleneck in a digits classifier: train and validation stall together")
-def mlp_two_unit_bottleneck(seed):
+       planted="a 2-unit tanh bottleneck in a digits classifier: train and validation stall together",
+       fix="a 64-unit hidden layer instead of 2")
+def mlp_two_unit_bottleneck(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, Xva, Yva = digits()
-    model = nn.Sequential(nn.Linear(64, 2), nn.Tanh(), nn.Linear(2, 10))
+    width = 64 if fixed else 2
+    model = nn.Sequential(nn.Linear(64, width), nn.Tanh(), nn.Linear(width, 10))
     opt = torch.optim.Adam(model.parameters(), lr=2e-2)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
@@ -737,11 +808,12 @@ def mlp_two_unit_bottleneck(seed):
 
 
 @fault("loss_plateau", onset=stalled_from, model="gru",
-       planted="GRU with hidden size 2 on the digit rows: too little capacity, the loss stalls high")
-def gru_hidden_too_small(seed):
+       planted="GRU with hidden size 2 on the digit rows: too little capacity, the loss stalls high",
+       fix="GRU hidden size 48 instead of 2")
+def gru_hidden_too_small(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digit_rows()
-    model = GRUClassifier(hidden=2)
+    model = GRUClassifier(hidden=48 if fixed else 2)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
@@ -753,13 +825,14 @@ def gru_hidden_too_small(seed):
 
 
 @fault("loss_divergence", onset=120, model="mlp", fast=True, allow=NONFINITE + ("softmax_overflow",),
-       planted="Adam lr set to 0.1 at step 120 by a scheduler meant to decay (100x jump)")
-def mlp_adam_lr_jump(seed):
+       planted="Adam lr set to 0.1 at step 120 by a scheduler meant to decay (100x jump)",
+       fix="the scheduler decays the lr 10x at step 120, as meant")
+def mlp_adam_lr_jump(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digits()
     model = mlp([64, 128, 10])
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda_jump(120, 100.0))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda_jump(120, 0.1 if fixed else 100.0))
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
     for step, (x, y) in zip(range(240), batches(Xtr, Ytr, 64, seed)):
@@ -770,8 +843,9 @@ def mlp_adam_lr_jump(seed):
 
 
 @fault("loss_divergence", onset=0, model="regression", fast=True, allow=NONFINITE,
-       planted="log-likelihood sign bug: ll = -mse; ll.backward() climbs the loss instead of descending")
-def regression_gradient_ascent(seed):
+       planted="log-likelihood sign bug: ll = -mse; ll.backward() climbs the loss instead of descending",
+       fix="backward() on the negative log-likelihood")
+def regression_gradient_ascent(seed, fixed: bool = False):
     torch.manual_seed(seed)
     X, y = wave_regression(2048, seed)
     model = mlp([4, 32, 1], act=nn.Tanh)
@@ -780,19 +854,21 @@ def regression_gradient_ascent(seed):
     probe = attach(model)
     for step, (x, t) in zip(range(200), batches(X, y, 64, seed)):
         log_likelihood = -loss_fn(model(x), t)
-        opt.zero_grad(); log_likelihood.backward(); opt.step()   # should be (-log_likelihood).backward()
+        objective = -log_likelihood if fixed else log_likelihood   # minimise the negative log-likelihood
+        opt.zero_grad(); objective.backward(); opt.step()
     probe.detach()
     return probe
 
 
 @fault("loss_divergence", onset=loss_min_step, model="gru", allow=NONFINITE,
-       planted="LambdaLR(lambda s: 1.03 ** s) meant as 0.97 ** s: the lr grows 3% a step")
-def gru_lr_growing(seed):
+       planted="LambdaLR(lambda s: 1.03 ** s) meant as a slow decay (0.995 ** s): the lr grows 3% a step",
+       fix="LambdaLR(lambda s: 0.995 ** s), as meant")
+def gru_lr_growing(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digit_rows()
     model = GRUClassifier()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.03 ** s)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (0.995 if fixed else 1.03) ** s)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
     for step, (x, y) in zip(range(240), batches(Xtr, Ytr, 64, seed)):
@@ -803,8 +879,9 @@ def gru_lr_growing(seed):
 
 
 @fault("loss_spike", onset=150, model="mlp", fast=True,
-       planted="one batch at step 150 comes from an un-normalised shard (inputs 100x)")
-def mlp_unscaled_batch(seed):
+       planted="one batch at step 150 comes from an un-normalised shard (inputs 100x)",
+       fix="the un-normalised batch left out")
+def mlp_unscaled_batch(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digits()
     model = mlp([64, 128, 10])
@@ -812,7 +889,7 @@ def mlp_unscaled_batch(seed):
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
     for step, (x, y) in zip(range(200), batches(Xtr, Ytr, 64, seed)):
-        if step == 150:
+        if step == 150 and not fixed:
             x = x * 100.0
         loss = loss_fn(model(x), y)
         opt.zero_grad(); loss.backward(); opt.step()
@@ -821,8 +898,9 @@ def mlp_unscaled_batch(seed):
 
 
 @fault("loss_spike", onset=120, model="cnn",
-       planted="one batch at step 120 with labels shifted by one (an off-by-one in a new label file)")
-def cnn_shifted_label_batch(seed):
+       planted="one batch at step 120 with labels shifted by one (an off-by-one in a new label file)",
+       fix="the batch keeps its correct labels")
+def cnn_shifted_label_batch(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digit_images()
     model = SmallCNN()
@@ -830,7 +908,7 @@ def cnn_shifted_label_batch(seed):
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
     for step, (x, y) in zip(range(180), batches(Xtr, Ytr, 64, seed)):
-        if step == 120:
+        if step == 120 and not fixed:
             y = (y + 1) % 10
         loss = loss_fn(model(x), y)
         opt.zero_grad(); loss.backward(); opt.step()
@@ -839,8 +917,9 @@ def cnn_shifted_label_batch(seed):
 
 
 @fault("loss_spike", onset=150, model="regression", fast=True, allow=("loss_divergence",),
-       planted="one batch at step 150 with targets in centimetres instead of metres (x100)")
-def regression_units_batch(seed):
+       planted="one batch at step 150 with targets in centimetres instead of metres (x100)",
+       fix="the batch's targets in metres like the others")
+def regression_units_batch(seed, fixed: bool = False):
     torch.manual_seed(seed)
     X, y = wave_regression(2048, seed)
     model = mlp([4, 64, 64, 1])
@@ -848,7 +927,7 @@ def regression_units_batch(seed):
     loss_fn = nn.MSELoss()
     probe = attach(model)
     for step, (x, t) in zip(range(200), batches(X, y, 64, seed)):
-        if step == 150:
+        if step == 150 and not fixed:
             t = t * 100.0
         loss = loss_fn(model(x), t)
         opt.zero_grad(); loss.backward(); opt.step()
@@ -867,12 +946,13 @@ def _alternating(X, Y, group, batch_size, seed):
 
 
 @fault("loss_oscillation", onset=WARMUP, model="mlp", fast=True,
-       planted="batch size 4 with plain SGD at lr 1.0 (a setting for batch 256): every step overshoots")
-def mlp_tiny_batch_high_lr(seed):
+       planted="batch size 4 with plain SGD at lr 1.0 (a setting for batch 256): every step overshoots",
+       fix="lr scaled to the batch: 1.0 * 4 / 256")
+def mlp_tiny_batch_high_lr(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digits()
     model = mlp([64, 64, 10], act=nn.Tanh)
-    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0 * 4 / 256 if fixed else 1.0)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
     for step, (x, y) in zip(range(200), batches(Xtr, Ytr, 4, seed)):
@@ -883,12 +963,13 @@ def mlp_tiny_batch_high_lr(seed):
 
 
 @fault("loss_oscillation", onset=WARMUP, model="gru", fast=True,
-       planted="GRU, batch size 4, SGD lr 1.0")
-def gru_tiny_batch_high_lr(seed):
+       planted="GRU, batch size 4, SGD lr 1.0",
+       fix="SGD lr 0.1")
+def gru_tiny_batch_high_lr(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digit_rows()
     model = GRUClassifier()
-    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1 if fixed else 1.0)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
     for step, (x, y) in zip(range(200), batches(Xtr, Ytr, 4, seed)):
@@ -899,12 +980,13 @@ def gru_tiny_batch_high_lr(seed):
 
 
 @fault("loss_oscillation", onset=WARMUP, model="cnn", allow=("loss_divergence",),
-       planted="tanh CNN, batch size 2, SGD lr 0.2")
-def cnn_batch_of_two(seed):
+       planted="tanh CNN, batch size 2, SGD lr 0.2",
+       fix="SGD lr 0.01")
+def cnn_batch_of_two(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digit_images()
     model = SmallCNN(act=nn.Tanh)
-    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01 if fixed else 0.2)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
     for step, (x, y) in zip(range(200), batches(Xtr, Ytr, 2, seed)):
@@ -918,12 +1000,13 @@ def cnn_batch_of_two(seed):
 # Learning rate and regularisation
 # ======================================================================================
 @fault("learning_rate_too_high", onset=0, model="mlp", fast=True, allow=NONFINITE + ("softmax_overflow",),
-       planted="Adam with lr 0.1 (100x the usual 1e-3): weights inflate, logits can leave fp32's exp range")
-def mlp_adam_lr_0p1(seed):
+       planted="Adam with lr 0.1 (100x the usual 1e-3): weights inflate, logits can leave fp32's exp range",
+       fix="Adam lr 1e-3")
+def mlp_adam_lr_0p1(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digits()
     model = mlp([64, 128, 64, 10])
-    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3 if fixed else 0.1)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
     for step, (x, y) in zip(range(150), batches(Xtr, Ytr, 64, seed)):
@@ -934,12 +1017,13 @@ def mlp_adam_lr_0p1(seed):
 
 
 @fault("loss_plateau", onset=stalled_from, model="transformer", fast=True, allow=NONFINITE,
-       planted="small transformer trained with AdamW at lr 0.05 and no warm-up: it bounces at a high loss")
-def transformer_adamw_lr_high(seed):
+       planted="small transformer trained with AdamW at lr 0.05 and no warm-up: it bounces at a high loss",
+       fix="AdamW lr 1e-3")
+def transformer_adamw_lr_high(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digit_rows()
     model = TinyTransformer()
-    opt = torch.optim.AdamW(model.parameters(), lr=0.05)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3 if fixed else 0.05)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
     for step, (x, y) in zip(range(150), batches(Xtr, Ytr, 64, seed)):
@@ -950,12 +1034,13 @@ def transformer_adamw_lr_high(seed):
 
 
 @fault("learning_rate_too_low", onset=WARMUP, model="mlp", fast=True,
-       planted="plain SGD with lr 1e-5 (meant 1e-1)")
-def mlp_sgd_lr_1e5(seed):
+       planted="plain SGD with lr 1e-5 (meant 1e-1)",
+       fix="SGD lr 1e-1, as meant")
+def mlp_sgd_lr_1e5(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digits()
     model = mlp([64, 64, 10])
-    opt = torch.optim.SGD(model.parameters(), lr=1e-5)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-1 if fixed else 1e-5)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
     for step, (x, y) in zip(range(150), batches(Xtr, Ytr, 64, seed)):
@@ -966,12 +1051,13 @@ def mlp_sgd_lr_1e5(seed):
 
 
 @fault("learning_rate_too_low", onset=WARMUP, model="cnn",
-       planted="Adam with lr 1e-7 (a typo for 1e-3)")
-def cnn_adam_lr_1e7(seed):
+       planted="Adam with lr 1e-7 (a typo for 1e-3)",
+       fix="Adam lr 1e-3, as meant")
+def cnn_adam_lr_1e7(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digit_images()
     model = SmallCNN()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-7)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3 if fixed else 1e-7)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
     for step, (x, y) in zip(range(150), batches(Xtr, Ytr, 64, seed)):
@@ -982,13 +1068,14 @@ def cnn_adam_lr_1e7(seed):
 
 
 @fault("learning_rate_too_low", onset=40, model="gru", fast=True,
-       planted="StepLR(step_size=40, gamma=1e-4): meant a 10x decay per epoch, got 10000x at step 40")
-def gru_steplr_gamma_typo(seed):
+       planted="StepLR(step_size=40, gamma=1e-4): meant to halve the lr every 40 steps, got 10000x less at step 40",
+       fix="StepLR gamma 0.5, as meant")
+def gru_steplr_gamma_typo(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digit_rows()
     model = GRUClassifier()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=40, gamma=1e-4)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=40, gamma=0.5 if fixed else 1e-4)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
     for step, (x, y) in zip(range(200), batches(Xtr, Ytr, 64, seed)):
@@ -999,12 +1086,13 @@ def gru_steplr_gamma_typo(seed):
 
 
 @fault("over_regularization", onset=stalled_from, model="mlp", fast=True,
-       planted="SGD weight_decay=0.5 (meant 5e-4): the weights are pulled to zero faster than the data can fit")
-def mlp_weight_decay_typo(seed):
+       planted="SGD weight_decay=0.5 (meant 5e-4): the weights are pulled to zero faster than the data can fit",
+       fix="weight_decay=5e-4, as meant")
+def mlp_weight_decay_typo(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digits()
     model = mlp([64, 128, 10])
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=0.5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4 if fixed else 0.5)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
     for step, (x, y) in zip(range(200), batches(Xtr, Ytr, 64, seed)):
@@ -1015,12 +1103,13 @@ def mlp_weight_decay_typo(seed):
 
 
 @fault("over_regularization", onset=stalled_from, model="cnn",
-       planted="AdamW weight_decay=30 (meant 0.3): 3% of every weight removed per step")
-def cnn_adamw_decay_huge(seed):
+       planted="AdamW weight_decay=30 (meant 0.3): 3% of every weight removed per step",
+       fix="weight_decay=0.3, as meant")
+def cnn_adamw_decay_huge(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digit_images()
     model = SmallCNN()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=30.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.3 if fixed else 30.0)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
     for step, (x, y) in zip(range(200), batches(Xtr, Ytr, 64, seed)):
@@ -1031,8 +1120,9 @@ def cnn_adamw_decay_huge(seed):
 
 
 @fault("over_regularization", onset=stalled_from, model="regression", fast=True,
-       planted="hand-written L2 penalty with lambda 1.0 (meant 1e-4) added to an MSE regression")
-def regression_manual_l2(seed):
+       planted="hand-written L2 penalty with lambda 1.0 (meant 1e-4) added to an MSE regression",
+       fix="L2 lambda 1e-4, as meant")
+def regression_manual_l2(seed, fixed: bool = False):
     torch.manual_seed(seed)
     X, y = wave_regression(2048, seed)
     model = mlp([4, 64, 64, 1])
@@ -1041,7 +1131,7 @@ def regression_manual_l2(seed):
     probe = attach(model)
     for step, (x, t) in zip(range(200), batches(X, y, 64, seed)):
         mse = loss_fn(model(x), t)
-        loss = mse + 1.0 * sum((p ** 2).sum() for p in model.parameters())
+        loss = mse + (1e-4 if fixed else 1.0) * sum((p ** 2).sum() for p in model.parameters())
         opt.zero_grad(); loss.backward(); opt.step()
     probe.detach()
     return probe
@@ -1051,11 +1141,13 @@ def regression_manual_l2(seed):
 # Validation: the train/val table
 # ======================================================================================
 @fault("overfitting", onset=val_min_step, model="mlp", fast=True,
-       planted="a 512-wide MLP trained on 60 samples, validated on 397")
-def mlp_tiny_train_set(seed):
+       planted="a 512-wide MLP trained on 60 samples, validated on 397",
+       fix="the whole 1400-image training set")
+def mlp_tiny_train_set(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, Xva, Yva = digits()
-    Xtr, Ytr = Xtr[:60], Ytr[:60]
+    if not fixed:
+        Xtr, Ytr = Xtr[:60], Ytr[:60]
     model = mlp([64, 512, 512, 10])
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
@@ -1070,14 +1162,16 @@ def mlp_tiny_train_set(seed):
 
 
 @fault("overfitting", onset=val_min_step, model="cnn",
-       planted="CNN on 150 training images with 30% wrong labels: it memorises the noise")
-def cnn_noisy_small_train(seed):
+       planted="CNN on 150 training images with 30% wrong labels: it memorises the noise",
+       fix="the whole training set with its clean labels (no noisy 150-image subset)")
+def cnn_noisy_small_train(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, Xva, Yva = digit_images()
-    Xtr, Ytr = Xtr[:150], Ytr[:150].clone()
-    g = torch.Generator().manual_seed(seed)
-    flip = torch.rand(150, generator=g) < 0.3
-    Ytr[flip] = torch.randint(0, 10, (int(flip.sum()),), generator=g)
+    if not fixed:                          # a 150-image subset whose labels are 30% wrong
+        Xtr, Ytr = Xtr[:150], Ytr[:150].clone()
+        g = torch.Generator().manual_seed(seed)
+        flip = torch.rand(150, generator=g) < 0.3
+        Ytr[flip] = torch.randint(0, 10, (int(flip.sum()),), generator=g)
     model = SmallCNN(channels=32)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     loss_fn = nn.CrossEntropyLoss()
@@ -1092,11 +1186,13 @@ def cnn_noisy_small_train(seed):
 
 
 @fault("overfitting", onset=val_min_step, model="regression", fast=True,
-       planted="a 128-wide MLP fitted to 16 noisy points; validation loss via probe.observe(val_loss=...)")
-def regression_few_points(seed):
+       planted="a 128-wide MLP fitted to 16 noisy points; validation loss via probe.observe(val_loss=...)",
+       fix="400 training points instead of 16")
+def regression_few_points(seed, fixed: bool = False):
     torch.manual_seed(seed)
     X, y = wave_regression(516, seed, noise=0.5)
-    Xtr, ytr, Xva, yva = X[:16], y[:16], X[16:], y[16:]
+    n_train = 400 if fixed else 16
+    Xtr, ytr, Xva, yva = X[:n_train], y[:n_train], X[n_train:], y[n_train:]
     model = mlp([4, 128, 128, 1])
     opt = torch.optim.Adam(model.parameters(), lr=5e-4)
     loss_fn = nn.MSELoss()
@@ -1112,11 +1208,12 @@ def regression_few_points(seed):
 
 
 @fault("validation_anomaly", onset=val_stalled_from, model="mlp",
-       planted="nn.Dropout(0.9) on the input, ported from TF1 where 0.9 was keep_prob: train sees 10% of each image")
-def mlp_dropout_keep_prob_confusion(seed):
+       planted="nn.Dropout(0.9) on the input, ported from TF1 where 0.9 was keep_prob: train sees 10% of each image",
+       fix="nn.Dropout(0.1): 0.9 keep-probability is 0.1 drop-probability")
+def mlp_dropout_keep_prob_confusion(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, Xva, Yva = digits()
-    model = nn.Sequential(nn.Dropout(0.9), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    model = nn.Sequential(nn.Dropout(0.1 if fixed else 0.9), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
@@ -1130,8 +1227,9 @@ def mlp_dropout_keep_prob_confusion(seed):
 
 
 @fault("validation_anomaly", onset=val_stalled_from, model="regression", fast=True,
-       planted="an 'augmentation' that adds noise of std 5 to the training targets instead of the inputs")
-def regression_target_noise_augmentation(seed):
+       planted="an 'augmentation' that adds noise of std 5 to the training targets instead of the inputs",
+       fix="no noise added to the targets")
+def regression_target_noise_augmentation(seed, fixed: bool = False):
     torch.manual_seed(seed)
     X, y = wave_regression(4096, seed)
     Xtr, ytr, Xva, yva = X[:3584], y[:3584], X[3584:], y[3584:]
@@ -1140,7 +1238,8 @@ def regression_target_noise_augmentation(seed):
     loss_fn = nn.MSELoss()
     probe = attach(model)
     for step, (x, t) in zip(range(300), batches(Xtr, ytr, 64, seed)):
-        t = t + 5.0 * torch.randn_like(t)
+        if not fixed:
+            t = t + 5.0 * torch.randn_like(t)
         loss = loss_fn(model(x), t)
         opt.zero_grad(); loss.backward(); opt.step()
         if step % 20 == 19:
@@ -1150,13 +1249,14 @@ def regression_target_noise_augmentation(seed):
 
 
 @fault("validation_anomaly", onset=val_stalled_from, model="gru", fast=True,
-       planted="label smoothing 0.9 on the training loss only (meant 0.1): train loss cannot move, val falls")
-def gru_label_smoothing_typo(seed):
+       planted="label smoothing 0.9 on the training loss only (meant 0.1): train loss cannot move, val falls",
+       fix="label smoothing 0.1, as meant")
+def gru_label_smoothing_typo(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, Xva, Yva = digit_rows()
     model = GRUClassifier()
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    train_loss, val_loss = nn.CrossEntropyLoss(label_smoothing=0.9), nn.CrossEntropyLoss()
+    train_loss, val_loss = nn.CrossEntropyLoss(label_smoothing=0.1 if fixed else 0.9), nn.CrossEntropyLoss()
     probe = attach(model)
     for step, (x, y) in zip(range(300), batches(Xtr, Ytr, 64, seed)):
         loss = train_loss(model(x), y)
@@ -1179,8 +1279,9 @@ def _sorted_by(X, Y, key):
 # the previous one): loss_divergence on these runs is a symptom of the order, so allowed;
 # so are logits pushed past fp32's exp range by hundreds of steps of one class.
 @fault("unshuffled_data", onset=0, model="mlp", fast=True, allow=("loss_divergence", "softmax_overflow"),
-       planted="data sorted by label and read without shuffling (DataLoader(shuffle=False))")
-def mlp_sorted_labels(seed):
+       planted="data sorted by label and read without shuffling (DataLoader(shuffle=False))",
+       fix="shuffled every epoch")
+def mlp_sorted_labels(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digits()
     Xs, Ys = _sorted_by(Xtr, Ytr, Ytr)
@@ -1188,7 +1289,7 @@ def mlp_sorted_labels(seed):
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
-    for step, (x, y) in zip(range(150), batches(Xs, Ys, 64, seed, shuffle=False)):
+    for step, (x, y) in zip(range(150), batches(Xs, Ys, 64, seed, shuffle=fixed)):
         loss = loss_fn(model(x), y)
         opt.zero_grad(); loss.backward(); opt.step()
     probe.detach()
@@ -1196,8 +1297,9 @@ def mlp_sorted_labels(seed):
 
 
 @fault("unshuffled_data", onset=0, model="cnn-binary", allow=("loss_divergence",),
-       planted="binary 'is even' BCE task, images stored class by class and read without shuffling")
-def cnn_binary_sorted(seed):
+       planted="binary 'is even' BCE task, images stored class by class and read without shuffling",
+       fix="shuffled every epoch")
+def cnn_binary_sorted(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digit_images()
     t = (Ytr % 2 == 0).float()[:, None]
@@ -1206,7 +1308,7 @@ def cnn_binary_sorted(seed):
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.BCEWithLogitsLoss()
     probe = attach(model)
-    for step, (x, y) in zip(range(150), batches(Xs, ts, 32, seed, shuffle=False)):
+    for step, (x, y) in zip(range(150), batches(Xs, ts, 32, seed, shuffle=fixed)):
         loss = loss_fn(model(x), y)
         opt.zero_grad(); loss.backward(); opt.step()
     probe.detach()
@@ -1214,8 +1316,9 @@ def cnn_binary_sorted(seed):
 
 
 @fault("unshuffled_data", onset=0, model="mlp-binary", fast=True,
-       planted="a 'balanced' sampler that alternates an all-positive and an all-negative batch")
-def bce_alternating_pos_neg_batches(seed):
+       planted="a 'balanced' sampler that alternates an all-positive and an all-negative batch",
+       fix="an ordinary shuffled loader: every batch mixes both classes")
+def bce_alternating_pos_neg_batches(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digits()
     t = (Ytr % 2).float()[:, None]
@@ -1223,7 +1326,8 @@ def bce_alternating_pos_neg_batches(seed):
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     loss_fn = nn.BCEWithLogitsLoss()
     probe = attach(model)
-    for step, (x, y) in zip(range(150), _alternating(Xtr, t, Ytr % 2 == 1, 32, seed)):
+    loader = batches(Xtr, t, 32, seed) if fixed else _alternating(Xtr, t, Ytr % 2 == 1, 32, seed)
+    for step, (x, y) in zip(range(150), loader):
         loss = loss_fn(model(x), y)
         opt.zero_grad(); loss.backward(); opt.step()
     probe.detach()
@@ -1231,8 +1335,9 @@ def bce_alternating_pos_neg_batches(seed):
 
 
 @fault("unshuffled_data", onset=0, model="regression", fast=True, allow=("loss_divergence",),
-       planted="regression rows stored sorted by target (a time-ordered export), read in order")
-def regression_sorted_by_target(seed):
+       planted="regression rows stored sorted by target (a time-ordered export), read in order",
+       fix="shuffled every epoch")
+def regression_sorted_by_target(seed, fixed: bool = False):
     torch.manual_seed(seed)
     X, y = wave_regression(4096, seed)
     Xs, ys = _sorted_by(X, y, y[:, 0])
@@ -1240,7 +1345,7 @@ def regression_sorted_by_target(seed):
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.MSELoss()
     probe = attach(model)
-    for step, (x, t) in zip(range(150), batches(Xs, ys, 64, seed, shuffle=False)):
+    for step, (x, t) in zip(range(150), batches(Xs, ys, 64, seed, shuffle=fixed)):
         loss = loss_fn(model(x), t)
         opt.zero_grad(); loss.backward(); opt.step()
     probe.detach()
@@ -1248,8 +1353,9 @@ def regression_sorted_by_target(seed):
 
 
 @fault("unshuffled_data", onset=0, model="gru", allow=("loss_divergence",),
-       planted="sequence classifier over class-sorted sequences, no shuffling")
-def gru_sorted_labels(seed):
+       planted="sequence classifier over class-sorted sequences, no shuffling",
+       fix="shuffled every epoch")
+def gru_sorted_labels(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digit_rows()
     Xs, Ys = _sorted_by(Xtr, Ytr, Ytr)
@@ -1257,7 +1363,7 @@ def gru_sorted_labels(seed):
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
-    for step, (x, y) in zip(range(150), batches(Xs, Ys, 32, seed, shuffle=False)):
+    for step, (x, y) in zip(range(150), batches(Xs, Ys, 32, seed, shuffle=fixed)):
         loss = loss_fn(model(x), y)
         opt.zero_grad(); loss.backward(); opt.step()
     probe.detach()
@@ -1265,15 +1371,16 @@ def gru_sorted_labels(seed):
 
 
 @fault("unnormalized_inputs", onset=0, model="cnn", fast=True,
-       planted="8-bit images fed as 0..255 floats (the / 255 was forgotten)")
-def cnn_raw_255_pixels(seed):
+       planted="8-bit images fed as 0..255 floats (the / 255 was forgotten)",
+       fix="pixels divided by 255")
+def cnn_raw_255_pixels(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digit_images(normalize=False, scale=255.0 / 16.0)
     model = SmallCNN()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
-    for step, (x, y) in zip(range(120), batches(Xtr, Ytr, 64, seed)):
+    for step, (x, y) in zip(range(120), batches(Xtr / 255.0 if fixed else Xtr, Ytr, 64, seed)):
         loss = loss_fn(model(x), y)
         opt.zero_grad(); loss.backward(); opt.step()
     probe.detach()
@@ -1281,11 +1388,14 @@ def cnn_raw_255_pixels(seed):
 
 
 @fault("unnormalized_inputs", onset=0, model="regression", fast=True, allow=NONFINITE,
-       planted="tabular regression on raw physical units (year ~2000, area ~150 m2, price ~3e5)")
-def regression_physical_units(seed):
+       planted="tabular regression on raw physical units (year ~2000, area ~150 m2, price ~3e5)",
+       fix="each feature standardised (mean 0, std 1)")
+def regression_physical_units(seed, fixed: bool = False):
     torch.manual_seed(seed)
     X, y = wave_regression(2048, seed)
     raw = X * torch.tensor([10.0, 50.0, 1e5, 1.0]) + torch.tensor([2000.0, 150.0, 3e5, 0.0])
+    if fixed:
+        raw = (raw - raw.mean(0)) / raw.std(0)
     model = mlp([4, 64, 1])
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.MSELoss()
@@ -1298,15 +1408,18 @@ def regression_physical_units(seed):
 
 
 @fault("unnormalized_inputs", onset=0, model="gru",
-       planted="sensor sequences in Kelvin (~300 +- 20) fed to a GRU without standardisation")
-def gru_kelvin_sensors(seed):
+       planted="sensor sequences in Kelvin (~300 +- 20) fed to a GRU without standardisation",
+       fix="the readings standardised (mean 0, std 1)")
+def gru_kelvin_sensors(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digit_rows()
     model = GRUClassifier()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
-    for step, (x, y) in zip(range(120), batches(300.0 + 20.0 * Xtr, Ytr, 64, seed)):
+    kelvin = 300.0 + 20.0 * Xtr
+    inputs = (kelvin - kelvin.mean()) / kelvin.std() if fixed else kelvin
+    for step, (x, y) in zip(range(120), batches(inputs, Ytr, 64, seed)):
         loss = loss_fn(model(x), y)
         opt.zero_grad(); loss.backward(); opt.step()
     probe.detach()
@@ -1314,11 +1427,12 @@ def gru_kelvin_sensors(seed):
 
 
 @fault("label_problem", onset=0, model="mlp-binary", fast=True, allow=("loss_divergence",),
-       planted="BCEWithLogitsLoss with SVM-style -1/+1 labels: the loss is unbounded below")
-def bce_plus_minus_one_labels(seed):
+       planted="BCEWithLogitsLoss with SVM-style -1/+1 labels: the loss is unbounded below",
+       fix="0/1 labels")
+def bce_plus_minus_one_labels(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digits()
-    t = torch.where(Ytr % 2 == 0, 1.0, -1.0)[:, None]
+    t = torch.where(Ytr % 2 == 0, 1.0, 0.0 if fixed else -1.0)[:, None]
     model = mlp([64, 32, 1])
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.BCEWithLogitsLoss()
@@ -1343,12 +1457,13 @@ class TinySegmenter(nn.Module):
 
 
 @fault("label_problem", onset=0, model="cnn-segmentation", fast=True, allow=("loss_divergence",),
-       planted="segmentation masks loaded from 8-bit PNGs as 0/255 and fed to BCEWithLogitsLoss")
-def cnn_mask_0_255(seed):
+       planted="segmentation masks loaded from 8-bit PNGs as 0/255 and fed to BCEWithLogitsLoss",
+       fix="masks divided by 255: 0/1")
+def cnn_mask_0_255(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, _, _, _ = digit_images()
     raw, _, _, _ = digit_images(normalize=False)
-    masks = (raw > 8).float() * 255.0          # should have been / 255
+    masks = (raw > 8).float() * (1.0 if fixed else 255.0)   # 8-bit PNG masks: should have been / 255
     model = TinySegmenter()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.BCEWithLogitsLoss()
@@ -1361,16 +1476,17 @@ def cnn_mask_0_255(seed):
 
 
 @fault("label_problem", onset=0, model="mlp", fast=True,
-       planted="labels read from the wrong column: every target is class 0")
-def mlp_constant_labels(seed):
+       planted="labels read from the wrong column: every target is class 0",
+       fix="the label column")
+def mlp_constant_labels(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digits()
-    wrong = torch.zeros_like(Ytr)
+    labels = Ytr if fixed else torch.zeros_like(Ytr)
     model = mlp([64, 64, 10])
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
-    for step, (x, y) in zip(range(120), batches(Xtr, wrong, 64, seed)):
+    for step, (x, y) in zip(range(120), batches(Xtr, labels, 64, seed)):
         loss = loss_fn(model(x), y)
         opt.zero_grad(); loss.backward(); opt.step()
     probe.detach()
@@ -1378,11 +1494,12 @@ def mlp_constant_labels(seed):
 
 
 @fault("double_softmax", onset=0, model="mlp", fast=True,
-       planted="nn.Softmax at the end of the model and nn.CrossEntropyLoss (which applies log-softmax itself)")
-def mlp_softmax_then_ce(seed):
+       planted="nn.Softmax at the end of the model and nn.CrossEntropyLoss (which applies log-softmax itself)",
+       fix="no nn.Softmax at the end: CrossEntropyLoss gets logits")
+def mlp_softmax_then_ce(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digits()
-    model = mlp([64, 64, 10], out_act=nn.Softmax(dim=1))
+    model = mlp([64, 64, 10], out_act=None if fixed else nn.Softmax(dim=1))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
@@ -1399,11 +1516,12 @@ class SoftmaxCNN(SmallCNN):
 
 
 @fault("double_softmax", onset=0, model="cnn",
-       planted="CNN whose forward returns torch.softmax(logits), trained with nn.CrossEntropyLoss")
-def cnn_functional_softmax_ce(seed):
+       planted="CNN whose forward returns torch.softmax(logits), trained with nn.CrossEntropyLoss",
+       fix="forward returns the logits")
+def cnn_functional_softmax_ce(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digit_images()
-    model = SoftmaxCNN()
+    model = SmallCNN() if fixed else SoftmaxCNN()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
@@ -1420,11 +1538,12 @@ class SoftmaxGRU(GRUClassifier):
 
 
 @fault("double_softmax", onset=0, model="gru", fast=True,
-       planted="GRU returning probabilities, loss F.cross_entropy handed over with probe.observe (loss kind unknown)")
-def gru_softmax_functional_ce(seed):
+       planted="GRU returning probabilities, loss F.cross_entropy handed over with probe.observe (loss kind unknown)",
+       fix="forward returns the logits")
+def gru_softmax_functional_ce(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digit_rows()
-    model = SoftmaxGRU()
+    model = GRUClassifier() if fixed else SoftmaxGRU()
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     probe = attach(model)
     for step, (x, y) in zip(range(200), batches(Xtr, Ytr, 64, seed)):
@@ -1439,14 +1558,15 @@ def gru_softmax_functional_ce(seed):
 # Initialisation and BatchNorm
 # ======================================================================================
 @fault("bad_initialization", onset=0, model="mlp", fast=True, allow=NONFINITE + ("softmax_overflow",),
-       planted="8 ReLU layers with weights from nn.init.normal_ (std 1, He would be ~0.18): x8 per layer")
-def mlp_deep_relu_unit_normal(seed):
+       planted="8 ReLU layers with weights from nn.init.normal_ (std 1, He would be ~0.18): x8 per layer",
+       fix="He (kaiming_normal_) init")
+def mlp_deep_relu_unit_normal(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digits()
     model = mlp([64] + [64] * 8 + [10])
     for m in model:
         if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight)
+            nn.init.kaiming_normal_(m.weight) if fixed else nn.init.normal_(m.weight)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
@@ -1471,14 +1591,16 @@ class DeepCNN(nn.Module):
 
 
 @fault("bad_initialization", onset=0, model="cnn", fast=True,
-       planted="6 conv layers initialised with std 0.01 (a value copied from a 2012 recipe): the signal dies out")
-def cnn_deep_tiny_init(seed):
+       planted="6 conv layers initialised with std 0.01 (a value copied from a 2012 recipe): the signal dies out",
+       fix="He (kaiming_normal_) init for the conv weights")
+def cnn_deep_tiny_init(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digit_images()
     model = DeepCNN()
     for m in model.features:
         if isinstance(m, nn.Conv2d):
-            nn.init.normal_(m.weight, std=0.01); nn.init.zeros_(m.bias)
+            nn.init.kaiming_normal_(m.weight) if fixed else nn.init.normal_(m.weight, std=0.01)
+            nn.init.zeros_(m.bias)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
@@ -1490,8 +1612,9 @@ def cnn_deep_tiny_init(seed):
 
 
 @fault("frozen_batchnorm", onset=0, model="cnn", fast=True,
-       planted="BatchNorm layers put in eval() after model.train() (a fine-tuning recipe) while training from scratch")
-def cnn_bn_frozen_from_scratch(seed):
+       planted="BatchNorm layers put in eval() after model.train() (a fine-tuning recipe) while training from scratch",
+       fix="BatchNorm left in train mode")
+def cnn_bn_frozen_from_scratch(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digit_images()
     model = SmallCNN(batchnorm=True)
@@ -1499,7 +1622,7 @@ def cnn_bn_frozen_from_scratch(seed):
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
+        if isinstance(m, nn.BatchNorm2d) and not fixed:
             m.eval()                                     # "freeze BN statistics"
     probe = attach(model)
     for step, (x, y) in zip(range(120), batches(Xtr, Ytr, 64, seed)):
@@ -1521,8 +1644,9 @@ class BNMLP(nn.Module):
 
 
 @fault("frozen_batchnorm", onset=40, model="mlp",
-       planted="validation at step 40 calls model.eval() and training never calls model.train() again")
-def mlp_forgot_train_after_validation(seed):
+       planted="validation at step 40 calls model.eval() and training never calls model.train() again",
+       fix="model.train() after the validation")
+def mlp_forgot_train_after_validation(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, Xva, Yva = digits()
     model = BNMLP()
@@ -1537,14 +1661,16 @@ def mlp_forgot_train_after_validation(seed):
             model.eval()
             with torch.no_grad():
                 loss_fn(model(Xva), Yva)
-            # (missing: model.train())
+            if fixed:
+                model.train()
     probe.detach()
     return probe
 
 
 @fault("frozen_batchnorm", onset=0, model="cnn", fast=True,
-       planted="only the backbone's BatchNorm layers frozen via model.features.eval() (a detection recipe)")
-def cnn_backbone_eval(seed):
+       planted="only the backbone's BatchNorm layers frozen via model.features.eval() (a detection recipe)",
+       fix="the backbone left in train mode")
+def cnn_backbone_eval(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digit_images()
     model = SmallCNN(batchnorm=True)
@@ -1552,7 +1678,8 @@ def cnn_backbone_eval(seed):
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
     model.train()
-    model.features.eval()
+    if not fixed:
+        model.features.eval()
     for step, (x, y) in zip(range(120), batches(Xtr, Ytr, 64, seed)):
         loss = loss_fn(model(x), y)
         opt.zero_grad(); loss.backward(); opt.step()

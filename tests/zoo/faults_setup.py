@@ -23,11 +23,13 @@ def _even_odd(y: torch.Tensor) -> torch.Tensor:
 # zero_gradients
 # ======================================================================================
 @fault("output_activation_mismatch", "zero_gradients", onset=0, model="mlp-binary", fast=True,
-       planted="a one-unit output with nn.Softmax before BCELoss: the output is always exactly 1")
-def mlp_one_unit_softmax_bce(seed):
+       planted="a one-unit output with nn.Softmax before BCELoss: the output is always exactly 1",
+       fix="nn.Sigmoid on the one unit")
+def mlp_one_unit_softmax_bce(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digits()
-    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 1), nn.Softmax(dim=1))
+    head = nn.Sigmoid() if fixed else nn.Softmax(dim=1)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 1), head)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.BCELoss()
     probe = attach(model)
@@ -39,8 +41,9 @@ def mlp_one_unit_softmax_bce(seed):
 
 
 @fault("zero_gradients", onset=0, model="mlp-binary", fast=True,
-       planted="predictions rounded to 0/1 before an MSE loss: round() has zero gradient everywhere")
-def mlp_rounded_predictions_mse(seed):
+       planted="predictions rounded to 0/1 before an MSE loss: round() has zero gradient everywhere",
+       fix="the loss on the sigmoid outputs themselves (round only to report accuracy)")
+def mlp_rounded_predictions_mse(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digits()
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 1))
@@ -48,7 +51,9 @@ def mlp_rounded_predictions_mse(seed):
     loss_fn = nn.MSELoss()
     probe = attach(model)
     for step, (x, y) in zip(range(60), batches(Xtr, Ytr, 64, seed)):
-        pred = torch.round(torch.sigmoid(model(x)))     # "the labels are 0/1, so round the output"
+        pred = torch.sigmoid(model(x))
+        if not fixed:
+            pred = torch.round(pred)                     # "the labels are 0/1, so round the output"
         loss = loss_fn(pred, _even_odd(y))
         opt.zero_grad(); loss.backward(); opt.step()
     probe.detach()
@@ -56,8 +61,9 @@ def mlp_rounded_predictions_mse(seed):
 
 
 @fault("zero_gradients", onset=0, model="mlp",
-       planted="a padding mask inverted (y == PAD instead of y != PAD): every sample's loss is masked out")
-def mlp_inverted_padding_mask(seed):
+       planted="a padding mask inverted (y == PAD instead of y != PAD): every sample's loss is masked out",
+       fix="mask = (y != PAD)")
+def mlp_inverted_padding_mask(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digits()
     PAD = -100
@@ -67,7 +73,7 @@ def mlp_inverted_padding_mask(seed):
     probe = attach(model)
     for step, (x, y) in zip(range(60), batches(Xtr, Ytr, 64, seed)):
         per_sample = loss_fn(model(x), y)
-        mask = (y == PAD).float()                       # meant: y != PAD
+        mask = ((y != PAD) if fixed else (y == PAD)).float()   # meant: y != PAD
         loss = (per_sample * mask).sum() / mask.sum().clamp_min(1.0)
         probe.observe(loss, targets=y)
         opt.zero_grad(); loss.backward(); opt.step()
@@ -79,11 +85,12 @@ def mlp_inverted_padding_mask(seed):
 # output_activation_mismatch
 # ======================================================================================
 @fault("output_activation_mismatch", onset=0, model="mlp-binary", fast=True,
-       planted="nn.Sigmoid() kept at the end of the model while the loss is BCEWithLogitsLoss")
-def mlp_sigmoid_before_bce_with_logits(seed):
+       planted="nn.Sigmoid() kept at the end of the model while the loss is BCEWithLogitsLoss",
+       fix="no final nn.Sigmoid: the loss applies it")
+def mlp_sigmoid_before_bce_with_logits(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digits()
-    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 1), nn.Sigmoid())
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 1), *([] if fixed else [nn.Sigmoid()]))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.BCEWithLogitsLoss()
     probe = attach(model)
@@ -95,11 +102,12 @@ def mlp_sigmoid_before_bce_with_logits(seed):
 
 
 @fault("output_activation_mismatch", onset=0, model="mlp", fast=True, allow=("loss_divergence",),
-       planted="NLLLoss on the raw outputs (the log_softmax forgotten): the loss falls without bound")
-def mlp_nll_on_raw_logits(seed):
+       planted="NLLLoss on the raw outputs (the log_softmax forgotten): the loss falls without bound",
+       fix="nn.LogSoftmax(dim=1) as the model's last layer")
+def mlp_nll_on_raw_logits(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digits()
-    model = mlp([64, 64, 10])
+    model = mlp([64, 64, 10], out_act=nn.LogSoftmax(dim=1) if fixed else None)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     loss_fn = nn.NLLLoss()
     probe = attach(model)
@@ -114,13 +122,15 @@ def mlp_nll_on_raw_logits(seed):
 # excessive_dropout
 # ======================================================================================
 @fault("excessive_dropout", onset=0, model="mlp", fast=True,
-       planted="nn.Dropout(0.9) after each hidden layer: a TF1 keep_prob of 0.9 passed as torch's drop rate")
-def mlp_keep_prob_as_drop_rate(seed):
+       planted="nn.Dropout(0.9) after each hidden layer: a TF1 keep_prob of 0.9 passed as torch's drop rate",
+       fix="nn.Dropout(1 - keep_prob)")
+def mlp_keep_prob_as_drop_rate(seed, fixed: bool = False):
     torch.manual_seed(seed)
     Xtr, Ytr, _, _ = digits()
     keep_prob = 0.9
-    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Dropout(keep_prob),
-                          nn.Linear(64, 64), nn.ReLU(), nn.Dropout(keep_prob), nn.Linear(64, 10))
+    p = 1 - keep_prob if fixed else keep_prob
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Dropout(p),
+                          nn.Linear(64, 64), nn.ReLU(), nn.Dropout(p), nn.Linear(64, 10))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
