@@ -5,6 +5,7 @@ import numpy as np
 
 from ..findings import Detection
 from . import rule
+from .curves import learning_well
 
 
 def _persistent(h, field: str, kinds: tuple[str, ...], threshold: float, persist: float):
@@ -46,10 +47,13 @@ def dead_relu(h, cfg):
     if not layers:
         return None
     worst = max(layers, key=lambda r: r[1])
+    well = learning_well(h, cfg)
     return Detection("dead_relu", min(r[3] for r in layers), {
         "layers": {n: round(v, 3) for n, v, _, _ in layers}, "worst_layer": worst[0],
         "dead_share": worst[1], "threshold": cfg.dead_fraction},
-        message=f"{worst[0]}: {worst[1]:.0%} of units never fire.")
+        message=f"{worst[0]}: {worst[1]:.0%} of units never fire."
+        + (" The loss still falls well: advice, not a fault yet." if well else ""),
+        severity="info" if well else None)
 
 
 @rule("saturated_activations")
@@ -60,9 +64,12 @@ def saturated_activations(h, cfg):
     if not layers:
         return None
     worst = max(layers, key=lambda r: r[1])
+    well = learning_well(h, cfg)
     return Detection("saturated_activations", min(r[3] for r in layers), {
         "layers": {n: round(v, 3) for n, v, _, _ in layers}, "worst_layer": worst[0],
-        "saturated_share": worst[1], "threshold": cfg.saturation_fraction})
+        "saturated_share": worst[1], "threshold": cfg.saturation_fraction},
+        message=" The loss still falls well: advice, not a fault yet." if well else "",
+        severity="info" if well else None)
 
 
 @rule("bad_initialization")

@@ -145,17 +145,46 @@ def _reference_loss(h) -> float:
     return init
 
 
-def long_falling(h, cfg) -> bool:
-    """Still falling over the last two curve windows: a slow, steady fall (a few % per window)
-    is lost in one window's mini-batch noise but stands out over twice as many steps."""
+def long_trend(h, cfg) -> tuple[float, float] | None:
+    """(relative change, Theil-Sen z) over the last two curve windows; None with fewer than
+    one and a half windows of losses. A slow, steady fall (a few % per window) is lost in one
+    window's mini-batch noise but stands out over twice as many steps."""
     loss, seen, steps = h.series("loss"), h.series("loss_seen") > 0, h.steps()
     ok = seen & np.isfinite(loss)
     y, t = loss[ok][-2 * cfg.curve_window:], steps[ok][-2 * cfg.curve_window:].astype(float)
     if y.size < cfg.curve_window + cfg.curve_window // 2:
+        return None
+    start, level = thirds(y)
+    _, z = theil_sen(t, y)
+    return ((level - start) / abs(start) if start else 0.0), z
+
+
+def _rose_before(h, cfg) -> bool:
+    """The window before the current one climbed too (significant slope, +12.5% or more):
+    the loss has been rising for two windows, not turning up once."""
+    loss, seen, steps = h.series("loss"), h.series("loss_seen") > 0, h.steps()
+    ok = seen & np.isfinite(loss)
+    w = cfg.curve_window
+    y, t = loss[ok][-2 * w:-w], steps[ok][-2 * w:-w].astype(float)
+    if y.size < w // 2:
         return False
     start, level = thirds(y)
     _, z = theil_sen(t, y)
-    return z <= -cfg.trend_z and start != 0 and (level - start) / abs(start) < -cfg.plateau_rel_drop
+    return z >= cfg.trend_z and start > 0 and (level - start) / start >= cfg.divergence_rise / 2
+
+
+def long_falling(h, cfg) -> bool:
+    lt = long_trend(h, cfg)
+    return lt is not None and lt[1] <= -cfg.trend_z and lt[0] < -cfg.plateau_rel_drop
+
+
+def learning_well(h, cfg) -> bool:
+    """The loss has come down to at most half of its reference (the initial loss, or ln(C))
+    and is not climbing: whatever a layer statistic says, the network still learns. Rules
+    about a layer's health report as advice (info) then."""
+    tr = loss_trend(h, cfg)
+    return (tr is not None and tr.initial > 0 and tr.level <= 0.5 * tr.initial
+            and tr.rel_change < cfg.divergence_rise)
 
 
 @dataclass
@@ -294,9 +323,13 @@ def loss_plateau(h, cfg):
 @rule("loss_divergence")
 def loss_divergence(h, cfg):
     """The loss climbs: over the window it rose by >= ``divergence_rise`` (25%) with a
-    significant slope (or sits 25% above its initial value and still climbs), the climb stands
-    out at block scale too, the level is 25% above the best the run reached, and - when
-    epochs are known - the epoch means rise as well."""
+    significant slope (or sits 25% above its initial value and still climbs); the climb stands
+    out at block scale too; it gave back at least 25% of the reference loss (a rise from 0.006
+    to 0.009 at a noise floor is no climb); and - when epochs are known - the epoch means rise.
+
+    Critical once the loss is back at its reference (all progress lost) or has climbed over
+    two windows; before that the climb may still turn (a transient excursion of a clipped
+    RNN), so it is a warning, which resolves if the loss comes down again."""
     tr = loss_trend(h, cfg)
     if tr is None:
         return None
@@ -308,14 +341,18 @@ def loss_divergence(h, cfg):
     if bz < cfg.trend_z:
         return None  # a rise the per-step test sees but blocks of steps do not: batch order or outliers
     best = best_level(h)
-    if math.isfinite(best) and best > 0 and tr.level < (1 + cfg.divergence_rise) * best:
+    if math.isfinite(best) and tr.initial > 0 and tr.level - best < cfg.divergence_rise * tr.initial:
         return None
     if epochs_falling(h):
         return None
+    sustained = _rose_before(h, cfg)
+    lost_all = tr.initial > 0 and tr.level >= 0.9 * tr.initial
     onset = int(tr.steps[int(np.argmin(tr.loss))])  # the curve's low point before the climb
     return Detection("loss_divergence", onset, {
         "loss_start_of_window": tr.start, "loss_now": tr.level, "relative_rise": tr.rel_change,
-        "slope_z": tr.slope_z, "block_slope_z": bz, "best_loss": best, "reference_loss": tr.initial})
+        "slope_z": tr.slope_z, "block_slope_z": bz, "best_loss": best, "reference_loss": tr.initial,
+        "climbing_for_two_windows": bool(sustained), "back_at_reference": bool(lost_all)},
+        severity=None if (sustained or lost_all) else "warning")
 
 
 @rule("loss_spike")

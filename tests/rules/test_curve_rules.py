@@ -110,3 +110,21 @@ def test_converged_silent_on_a_classifier_stuck_above_chance(level):
 
 def test_converged_silent_when_the_loss_never_fell():
     assert run_rule("converged", synth(200, loss=0.0)) is None
+
+
+def test_divergence_is_a_warning_until_the_climb_lasts_or_loses_everything():
+    # learned 2.3 -> 0.3, then climbs to ~1.2 within one window: a warning (it may still turn)
+    learn = lambda t: 2.3 * math.exp(-t / 15) + 0.3
+    recent = noisy(lambda t: learn(t) if t < 100 else 0.3 + 0.02 * (t - 100), 0.03)
+    det = run_rule("loss_divergence", synth(150, loss=recent, facts=CLASSIFIER))
+    assert det is not None and det.severity == "warning"
+    # back at the untrained loss: critical
+    lost = noisy(lambda t: learn(t) if t < 100 else 0.3 + 0.06 * (t - 100), 0.03)
+    det = run_rule("loss_divergence", synth(150, loss=lost, facts=CLASSIFIER))
+    assert det is not None and det.severity is None and det.evidence["back_at_reference"]
+
+
+def test_divergence_silent_on_a_rise_small_against_the_reference():
+    # a noise-floor wobble: 0.006 -> 0.009 after learning from 2.3 is +50%, and nothing
+    floor = noisy(lambda t: 2.3 * math.exp(-t / 10) + (0.006 if t < 120 else 0.006 + 0.0001 * (t - 120)), 0.05)
+    assert run_rule("loss_divergence", synth(200, loss=floor, facts=CLASSIFIER)) is None
