@@ -24,6 +24,7 @@ Example::
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, Sequence
@@ -38,6 +39,10 @@ ACTIVATION_KINDS = ("relu", "sigmoid", "tanh", "softmax", "batchnorm", "linear")
 
 def _frozen(obj: Any, name: str, value: Any) -> None:
     object.__setattr__(obj, name, value)
+
+
+def _layout_of(fields: dict[str, Any]) -> "Layout":
+    return Layout(**fields)
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,12 @@ class Layout:
         for name in ("params", "param_sizes", "activations", "kinds", "is_weight"):
             _frozen(self, name, tuple(getattr(self, name)))
         _frozen(self, "extra", MappingProxyType(dict(self.extra)))
+
+    def __reduce__(self):
+        """Pickled from its fields (recordings for ``benchmarks/replay.py``); ``extra`` holds
+        live framework objects and is left out."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        return (_layout_of, (fields,))
 
     @property
     def n_params(self) -> int:

@@ -90,12 +90,25 @@ def _summary(probe) -> dict:
     }
 
 
+def _record(probes, program: Path, path: Path) -> None:
+    """Pickle the probes' records (see benchmarks/replay.py); names are <case>/<program>[#k]."""
+    import pickle
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from replay import recording_of
+    name = f"{program.parent.name}/{program.stem}"
+    recs = [recording_of(p, name + (f"#{k}" if k else "")) for k, p in enumerate(probes)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as fh:
+        pickle.dump(recs, fh)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("program")
     ap.add_argument("--framework", required=True, choices=("keras", "torch", "paddle"))
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--record", help="also pickle each probe's records here, for benchmarks/replay.py")
     args = ap.parse_args(argv)
     program = Path(args.program).resolve()
     out = Path(args.out).resolve()
@@ -105,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     original = lossprobe.attach
 
     def attach(model, **kwargs):
+        if args.record and kwargs.get("config") is None:  # a recording holds the whole run
+            kwargs["config"] = lossprobe.Config(window=1 << 16)
         probe = original(model, **kwargs)
         probes.append(probe)
         return probe
@@ -137,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             summaries.append({"error": traceback.format_exc(limit=4)})
     result["probes"] = summaries
     out.write_text(json.dumps(result, indent=1))
+    if args.record:
+        _record(probes, program, Path(args.record))
     return 0
 
 

@@ -114,7 +114,7 @@ def discover(pattern: str = "", framework: str = "", fast: bool = False, root: P
             and (c.fast or not fast)]
 
 
-def run_program(case: Case, which: str, seed: int, timeout: float) -> dict:
+def run_program(case: Case, which: str, seed: int, timeout: float, record: Path | None = None) -> dict:
     """One program in its own process; the harness's JSON (or a failure record)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TF_NUM_INTRAOP_THREADS="1",
                TF_NUM_INTEROP_THREADS="1", TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
@@ -124,6 +124,8 @@ def run_program(case: Case, which: str, seed: int, timeout: float) -> dict:
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, str(HARNESS), str(case.path / f"{which}.py"), "--framework", case.framework,
                "--out", str(out), "--seed", str(seed)]
+        if record is not None:
+            cmd += ["--record", str(record / f"{case.id}.{which}.pkl")]
         t0 = time.perf_counter()
         try:
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -204,6 +206,23 @@ def score(case: Case, buggy: dict, fixed: dict) -> Score:
     return Score(case, buggy, fixed, matched, symptom, fl, silent, note)
 
 
+def _label_recordings(folder: Path, cases: list[Case]) -> None:
+    """Say in each recording what replay must score: the codes that name a buggy program's
+    fault, and that a fixed program must stay silent."""
+    import pickle
+    sys.path.insert(0, str(HERE.parent))  # recordings are benchmarks/replay.py's Recording
+    for c in cases:
+        for which in ("buggy", "fixed"):
+            p = folder / f"{c.id}.{which}.pkl"
+            if not p.exists():
+                continue
+            recs = pickle.loads(p.read_bytes())
+            for r in recs:
+                r.names, r.silent = (NAMES[c.kind], False) if which == "buggy" else ((), True)
+                r.meta.update(kind=c.kind, framework=c.framework)
+            p.write_bytes(pickle.dumps(recs))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-k", default="", help="only cases whose id contains this")
@@ -214,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per program")
     ap.add_argument("--json", help="write every result here")
     ap.add_argument("--cases", default=str(CASES), help="folder of cases (default: cases/ beside this file)")
+    ap.add_argument("--record", help="pickle every run's records into this folder (benchmarks/replay.py replays them)")
     args = ap.parse_args(argv)
     cases = discover(args.k, args.framework, args.fast, Path(args.cases))
     if not cases:
@@ -222,8 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(c, w) for c in cases for w in ("buggy", "fixed")]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        results = list(pool.map(lambda cw: run_program(cw[0], cw[1], args.seed, args.timeout), jobs))
+        record = Path(args.record) if args.record else None
+        results = list(pool.map(lambda cw: run_program(cw[0], cw[1], args.seed, args.timeout, record), jobs))
     by = {(c.id, w): r for (c, w), r in zip(jobs, results)}
+    if record is not None:
+        _label_recordings(record, cases)
     scores = [score(c, by[(c.id, "buggy")], by[(c.id, "fixed")]) for c in cases]
     for s in scores:
         print(s.line())
