@@ -61,7 +61,6 @@ import importlib.util
 import json
 import logging
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -354,7 +353,6 @@ class WandbSink(Sink):
         if key not in self._warned:
             self._warned.add(key)
             log.warning("lossprobe: %s", msg)
-            warnings.warn(f"lossprobe: {msg}", RuntimeWarning, stacklevel=3)
 
 
 def _merge_steps(rows: list[tuple[int, dict[str, float]]]) -> list[tuple[int, dict[str, float]]]:
