@@ -48,6 +48,10 @@ class Layout:
     in_optimizer: list[bool] | None = None  # per param; None when unknown
     is_weight: list[bool] = field(default_factory=list)  # per param: a weight matrix/kernel (not bias/norm)
     loss_kind: str = ""   # "cross_entropy" | "nll" | "bce" | "bce_logits" | "mse" | "" (unknown)
+    # the layer's class name, for readable per-layer names where a path is a bare index
+    # (nn.Sequential's "1" -> "1.ReLU"); empty when a backend does not say
+    activation_types: list[str] = field(default_factory=list)   # per activation
+    param_owner_types: list[str] = field(default_factory=list)  # per param: the layer that holds it
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -61,6 +65,8 @@ class Layout:
             "in_optimizer": None if self.in_optimizer is None else list(self.in_optimizer),
             "is_weight": list(self.is_weight),
             "loss_kind": self.loss_kind,
+            "activation_types": list(self.activation_types),
+            "param_owner_types": list(self.param_owner_types),
         }
 
 

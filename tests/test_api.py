@@ -256,7 +256,7 @@ def test_diagnose_posthoc_on_lists_and_csv(tmp_path):
     p.write_text("step,loss\n" + "\n".join(f"{i},{v}" for i, v in enumerate(rising)))
     out = subprocess.run([sys.executable, "-m", "lossprobe.cli", "diagnose", str(p), "--json"],
                          capture_output=True, text=True, check=True).stdout
-    assert "loss_divergence" in {f["code"] for f in json.loads(out)}
+    assert "loss_divergence" in {f["code"] for f in json.loads(out)["findings"]}
     table = subprocess.run([sys.executable, "-m", "lossprobe.cli", "diagnose", str(p)],
                            capture_output=True, text=True, check=True).stdout
     assert "loss_divergence" in table and "critical" in table

@@ -250,7 +250,7 @@ class KerasBackend(CaptureGuard):
                 acts.append((layer, kind))
         self._act_layers = [l for l, _ in acts]
         self.layout = Layout(framework="tensorflow", activations=[self._layer_name(l) for l, _ in acts],
-                             kinds=[k for _, k in acts])
+                             kinds=[k for _, k in acts], activation_types=[type(l).__name__ for l, _ in acts])
         self._bn_idx = [j for j, (_, k) in enumerate(acts) if k == "batchnorm"]
         self._set_loss_kind()
         self._build_layout()

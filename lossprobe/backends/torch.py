@@ -132,7 +132,9 @@ class TorchBackend(CaptureGuard):
         self.layout = Layout(
             framework="torch", params=[n for n, _ in named], param_sizes=[p.numel() for p in self.params],
             activations=[n for n, _, _ in acts], kinds=[k for _, _, k in acts],
-            is_weight=[i in set(self.weight_idx) for i in range(len(self.params))])
+            is_weight=[i in set(self.weight_idx) for i in range(len(self.params))],
+            activation_types=[type(m).__name__ for _, m, _ in acts],
+            param_owner_types=[type(self.net.get_submodule(n.rpartition(".")[0])).__name__ for n, _ in named])
         self.probe = None
         self._handles: list[Any] = []
         self._step = 0
