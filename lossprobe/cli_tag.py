@@ -50,21 +50,24 @@ class TagError(RuntimeError):
 
 
 # the command line gives up on a dead server in seconds, not after MLflow's default ~4 minutes
-# of retries; set in this process only (the Python API leaves the caller's settings alone)
+# of retries; set while the command runs (backfill() called from Python leaves them alone)
 _CLI_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
              "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
 def run(args: argparse.Namespace) -> int:
     """``lossprobe tag``: 0 done, 1 some runs failed, 2 nothing could start (one line on stderr)."""
-    for k, v in _CLI_HTTP.items():
-        os.environ.setdefault(k, v)
+    added = {k: v for k, v in _CLI_HTTP.items() if k not in os.environ}   # what the user set wins
+    os.environ.update(added)
     try:
         results = backfill(args.experiment, tracking_uri=args.tracking_uri, loss_key=args.loss_key,
                            val_key=args.val_key, n_classes=args.classes, dry_run=args.dry_run)
     except TagError as exc:
         print(f"lossprobe tag: {exc}", file=sys.stderr)
         return 2
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
     return 0 if all(r["status"] != "error" for r in results) else 1
 
 
