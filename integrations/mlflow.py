@@ -581,7 +581,9 @@ class MlflowSink(Sink):
     ``retries``/``backoff``: attempts per batch, doubling the wait from ``backoff`` seconds.
     ``retry_interval``: seconds between probes of a server found down. ``close_timeout``: the
     longest ``close`` waits for the queue to drain. ``nonfinite``: ``"nan"`` | ``"keep"`` | ``"drop"``.
-    ``artifacts``: log findings.json and report.html at close.
+    ``artifacts``: log findings.json and report.html at close. ``params``: log the Config as
+    params ``lossprobe.<field>`` at attach. ``description``: keep the run's Description
+    (``mlflow.note.content``) current; ``None`` (default) does so only on a run the sink creates.
 
     Example::
 
@@ -968,13 +970,15 @@ def filter_string(diagnosis: str | Iterable[str] | None = None, health: str | No
     >>> filter_string(health="critical")
     "tags.`lossprobe.health` = 'critical'"
     >>> filter_string(diagnosis="exploding_gradients")
-    'tags.`lossprobe.diagnosis.exploding_gradients` IS NOT NULL'
+    "tags.`lossprobe.diagnosis.exploding_gradients` LIKE '%'"
     >>> filter_string(health="unhealthy")
     "tags.`lossprobe.health` != 'healthy'"
 
-    Other filters that work (MLflow 3.x, SQL stores): ``tags.`lossprobe.diagnoses` LIKE
-    '%nan_loss%'``, ``tags.`lossprobe.diagnosis.nan_loss` = 'critical'`` and, for runs never
-    probed, ``tags.`lossprobe.health` IS NULL``. MLflow does not accept ``IN (...)`` on tags.
+    ``LIKE '%'`` matches every run that has the tag, on MLflow 2 and 3 alike (``IS NOT NULL``
+    says the same, on MLflow 3 only). Other filters that work (SQL stores):
+    ``tags.`lossprobe.diagnoses` LIKE '%nan_loss%'``, ``tags.`lossprobe.diagnosis.nan_loss` =
+    'critical'`` and, on MLflow 3, ``tags.`lossprobe.health` IS NULL`` for runs never probed.
+    MLflow does not accept ``IN (...)`` on tags.
     """
     parts = []
     if health is not None:
@@ -988,7 +992,7 @@ def filter_string(diagnosis: str | Iterable[str] | None = None, health: str | No
     for code in codes:
         if not re.fullmatch(r"[a-z0-9_]+", code):
             raise ValueError(f"not a diagnosis code: {code!r}")
-        parts.append(f"tags.`{PREFIX}.diagnosis.{code}` IS NOT NULL")
+        parts.append(f"tags.`{PREFIX}.diagnosis.{code}` LIKE '%'")
     return " AND ".join(parts)
 
 
