@@ -79,9 +79,9 @@ requests.) Whatever is still unsent is in the spool, and a last warning gives th
 
     python -m lossprobe.integrations.mlflow upload ~/.cache/lossprobe/spool/mlflow-....jsonl
 
-Uploading is idempotent: metric points keep their original timestamps (MLflow's SQL stores
-ignore exact duplicates), a run created from a spool is found again by its ``lossprobe.run_key``
-tag, and only the newest tag set is applied.
+Uploading is idempotent: metric points keep their original timestamps (MLflow 3's SQL stores
+ignore exact duplicates; MLflow 2 refuses a repeated upload and changes nothing), a run created
+from a spool is found again by its ``lossprobe.run_key`` tag, and only the newest tag set is applied.
 """
 from __future__ import annotations
 
