@@ -18,7 +18,7 @@ import lossprobe
 
 parser = argparse.ArgumentParser(description='PyTorch Unsupervised Segmentation')
 parser.add_argument('--nChannel', metavar='N', default=100, type=int, help='number of channels')
-parser.add_argument('--maxIter', metavar='T', default=200, type=int, help='number of maximum iterations')
+parser.add_argument('--maxIter', metavar='T', default=150, type=int, help='number of maximum iterations')
 parser.add_argument('--minLabels', metavar='minL', default=3, type=int, help='minimum number of labels')
 parser.add_argument('--lr', metavar='LR', default=0.1, type=float, help='learning rate')
 parser.add_argument('--nConv', metavar='M', default=2, type=int, help='number of convolutional layers')

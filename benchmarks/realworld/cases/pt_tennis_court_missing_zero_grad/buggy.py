@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 import lossprobe
 
 BATCH_SIZE = 2
-NUM_EPOCHS = 3
+NUM_EPOCHS = 4
 LR = 1e-3
 STEPS_PER_EPOCH = 100
 SIZE = 48
