@@ -12,7 +12,7 @@ import paddle.nn as nn
 import lossprobe
 
 config = {
-    'user_num': 300, 'item_num': 200, 'factors': 100, 'lr': 0.001, 'epochs': 5,
+    'user_num': 200, 'item_num': 200, 'factors': 100, 'lr': 0.001, 'epochs': 4,
     'optimizer': 'default', 'init_method': 'default', 'early_stop': True, 'topk': 50,
     'context_window': 2, 'batch_size': 256,
 }

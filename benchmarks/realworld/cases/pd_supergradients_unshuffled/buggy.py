@@ -14,7 +14,7 @@ from scipy.ndimage import zoom
 from sklearn.datasets import load_digits
 
 dataloader_params = {"batch_size": 196}  # buggy params
-train_params = {"max_epochs": 8, "initial_lr": 0.001,
+train_params = {"max_epochs": 6, "initial_lr": 0.001,
                 "optimizer_params": {"weight_decay": 0.0001, "momentum": 0.9, "nesterov": True}}
 
 
