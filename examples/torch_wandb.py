@@ -144,24 +144,24 @@ def draw_section(run_dir: Path, path: Path) -> Path:
     ax = fig.add_subplot(grid[1, 2])
     ax.axis("off")
     ax.set_title("run summary", fontsize=9, loc="left")
-    lines = [f"{k} = {run.summary[k]}" for k in ("lossprobe/health", "lossprobe/diagnoses",
-                                                 "lossprobe/active_diagnoses", "lossprobe/findings_count")
+    lines = [f"{k} = {run.summary[k]}" for k in ("lossprobe/health", "lossprobe/root_cause", "lossprobe/fix_first",
+                                                 "lossprobe/diagnoses", "lossprobe/findings_count")
              if k in run.summary]
     ax.text(0, 0.95, "\n".join(textwrap.fill(s, 48) for s in lines), va="top", fontsize=8, family="monospace")
     ax = fig.add_subplot(grid[2, :])
     ax.axis("off")
     ax.set_title("lossprobe/findings (wandb.Table)", fontsize=9, loc="left")
     table = run.table("lossprobe/findings")
-    cols = ["code", "severity", "first_step", "last_step", "evidence", "fix"]
+    cols = ["root_cause", "code", "severity", "status", "first_step", "evidence", "fixes"]
     idx = [table["columns"].index(c) for c in cols]
-    cells = [[textwrap.shorten(str(r[i]), 58) for i in idx] for r in table["data"]] or [["(none)"] + [""] * 5]
+    cells = [[textwrap.shorten(str(r[i]), 58) for i in idx] for r in table["data"]] or [["(none)"] + [""] * 6]
     t = ax.table(cellText=cells, colLabels=cols, loc="upper left", cellLoc="left",
-                 colWidths=[0.14, 0.07, 0.07, 0.07, 0.35, 0.30])
+                 colWidths=[0.13, 0.13, 0.06, 0.05, 0.06, 0.27, 0.30])
     t.auto_set_font_size(False)
     t.set_fontsize(7)
     t.scale(1, 1.4)
     for (r, c), cell in t.get_celld().items():
-        if r > 0 and c == 1 and cells[r - 1][1] == "critical":
+        if r > 0 and c == 2 and cells[r - 1][2] == "critical":
             cell.get_text().set_color("#c62828")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

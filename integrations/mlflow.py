@@ -32,15 +32,28 @@ Tags, rewritten at every flush (so a running job is searchable while it trains):
 * ``lossprobe.diagnosis.<code>`` = severity, one per code ever raised;
   ``lossprobe.first_step.<code>`` / ``lossprobe.last_step.<code>``: when it began and when it
   last fired. These are tags, not params, because MLflow params cannot change once logged.
+* ``lossprobe.root_cause``: the code to start from (empty when there is none); the findings it
+  explains still carry their own ``lossprobe.diagnosis.<code>`` tags, so every filter works.
 * ``lossprobe.framework``, ``lossprobe.version``, ``lossprobe.source`` (``probe`` here,
   ``posthoc`` for runs tagged later by ``lossprobe tag``), ``lossprobe.run_key`` (an id the
   sink uses to find its run again when uploading spooled records).
+* On a run the sink creates: MLflow's context tags (``mlflow.user``, ``mlflow.source.name`` /
+  ``.type``, ``mlflow.source.git.commit`` in a git checkout), as ``mlflow.start_run`` sets
+  them, and the run's Description (``mlflow.note.content``): the health, the root cause, the
+  fix to try first and the findings in a few lines, kept current at every flush. A run you
+  started keeps its own description unless ``MlflowSink(description=True)``.
+
+Params (once, at attach): the probe's Config as ``lossprobe.<field>`` (``params=False`` skips).
+
+To see health in the experiment's runs table, add the tag as a column: **Columns** (above the
+table) -> **Tags** -> tick ``lossprobe.health`` (and ``lossprobe.root_cause``).
 
 Metrics: every row the probe computes (``lossprobe/loss``, ``lossprobe/grad_norm``, per-layer
 ``lossprobe/grad_norm/<layer>``, ``lossprobe/update_ratio/...``, ``lossprobe/dead_fraction/...``,
-``lossprobe/val_loss``...) with its training step, sent with ``MlflowClient.log_batch``: one
-request per flush (up to 1000 values), never one per metric. Characters MLflow refuses in a
-metric name become ``_``. Non-finite values: NaN is stored as NaN (charts show a gap), and
+``lossprobe/val_loss``...) with its training step, sent as ``log-batch`` requests: one
+request per flush (up to 1000 values), never one per metric. A per-layer name keeps the layer's
+path and adds its type where the path is a bare index (``lossprobe/dead_fraction/1.ReLU``,
+``lossprobe/grad_norm/0.Linear.weight``). Characters MLflow refuses in a metric name become ``_``. Non-finite values: NaN is stored as NaN (charts show a gap), and
 +-Inf is sent as NaN too by default (``nonfinite="nan"``), because MLflow's SQL stores clamp
 Inf to +-1.8e308, which flattens every chart it appears on; whether it was NaN or Inf is in the
 finding's evidence. ``nonfinite="keep"`` sends Inf as is, ``"drop"`` leaves those points out.
@@ -58,14 +71,17 @@ JSONL file (``spool_dir``, default ``$LOSSPROBE_SPOOL_DIR`` or ``~/.cache/losspr
 one warning names the file and the upload command, and every ``retry_interval`` seconds the
 server is probed again; once it answers, the spool is replayed and removed. If the queue is
 full (a server that hangs), the training thread appends to the same file instead of waiting.
-At close the sink waits at most ``close_timeout`` seconds; whatever is still unsent goes to
-the spool, and a last warning gives the command::
+At close the sink waits at most ``close_timeout`` seconds and then the sender ends: no request
+is made after ``probe.detach()`` returns, so a server that comes back later never sees a late
+run or a stale tag from it. (Requests to a server go out one at a time with a timeout,
+``min(10 s, close_timeout / 2)``, and no retries hidden inside them; the sender retries between
+requests.) Whatever is still unsent is in the spool, and a last warning gives the command::
 
     python -m lossprobe.integrations.mlflow upload ~/.cache/lossprobe/spool/mlflow-....jsonl
 
-Uploading is idempotent: metric points keep their original timestamps (MLflow's SQL stores
-ignore exact duplicates), a run created from a spool is found again by its ``lossprobe.run_key``
-tag, and only the newest tag set is applied.
+Uploading is idempotent: metric points keep their original timestamps (MLflow 3's SQL stores
+ignore exact duplicates; MLflow 2 refuses a repeated upload and changes nothing), a run created
+from a spool is found again by its ``lossprobe.run_key`` tag, and only the newest tag set is applied.
 """
 from __future__ import annotations
 
@@ -96,6 +112,7 @@ log = logging.getLogger("lossprobe")
 __all__ = ["MlflowSink", "find_runs", "filter_string", "upload_spool", "probe_tags", "main"]
 
 HEALTH_TAG = f"{PREFIX}.health"
+DESCRIPTION_TAG = "mlflow.note.content"     # the run's Description in the MLflow UI (Markdown)
 RUN_KEY_TAG = f"{PREFIX}.run_key"
 SOURCE_TAG = f"{PREFIX}.source"
 UPLOAD_COMMAND = "python -m lossprobe.integrations.mlflow upload"
@@ -114,6 +131,61 @@ def probe_tags(tags: dict[str, str], findings: Iterable[Any], source: str = "pro
         out[f"{PREFIX}.first_step.{f.code}"] = str(int(f.step))
         out[f"{PREFIX}.last_step.{f.code}"] = str(int(max(f.last_step, f.step)))
     return out
+
+
+def run_description(findings: Sequence[Any], health: str, last_step: int | None = None, limit: int = 12) -> str:
+    """The run's Description (Markdown): the health, the root cause and the fix to try first,
+    then the findings, root causes first with what they explain indented under them.
+
+    >>> print(run_description([], "healthy", 299))
+    **lossprobe: healthy** after 300 steps: no warnings.
+    """
+    from lossprobe.readout import ordered
+    from lossprobe.rootcause import attribute
+
+    findings = list(findings)
+    steps = f" after {int(last_step) + 1} steps" if last_step is not None and last_step >= 0 else ""
+    roots = attribute(findings)
+    if not roots:
+        return f"**lossprobe: {health}**{steps}: no warnings."
+    root = roots[0]
+    more = f" (and {len(roots) - 1} other independent cause{'s' if len(roots) > 2 else ''})" if len(roots) > 1 else ""
+    lines = [f"**lossprobe: {health}**{steps}. Root cause: `{root.code}` ({root.severity}, from step {root.step}){more}.",
+             ""]
+    if root.fix_first:
+        lines += [f"Fix first: {root.fix_first}", ""]
+    rows = ordered(findings, roots)
+    for row in rows[:limit]:
+        f = row.finding
+        why = f", caused by `{f.caused_by}`" if f.caused_by else ""
+        lines.append(f"{'  ' * row.depth}- `{f.code}` {f.severity}, steps {f.step}-{max(f.last_step, f.step)}, "
+                     f"{row.status}{why}")
+    if len(rows) > limit:
+        lines.append(f"- ... and {len(rows) - limit} more")
+    lines += ["", "Evidence, causes and fixes: artifact `lossprobe/report.html`."]
+    return "\n".join(lines)
+
+
+def config_params(config: dict[str, Any]) -> dict[str, str]:
+    """The probe's Config as MLflow params ``lossprobe.<field>`` (``extra`` as
+    ``lossprobe.extra.<key>``), values cut to MLflow's oldest limit of 500 characters."""
+    out: dict[str, str] = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update({f"{PREFIX}.{k}.{kk}": str(vv)[:500] for kk, vv in v.items()})
+        else:
+            out[f"{PREFIX}.{k}"] = str(v)[:500]
+    return out
+
+
+def _context_tags() -> dict[str, str]:
+    """MLflow's own context tags for a run the sink creates (user, source name and type, git
+    commit when present), as ``mlflow.start_run`` would set them."""
+    try:
+        from mlflow.tracking.context.registry import resolve_tags
+        return {str(k): str(v) for k, v in resolve_tags().items()}
+    except Exception:  # an MLflow without the registry, or a provider that failed: no context tags
+        return {}
 
 
 # --------------------------------------------------------------------------- values
@@ -230,19 +302,151 @@ def _transient(exc: BaseException) -> bool:
     return name in ("OperationalError", "DisconnectionError")
 
 
+class _Stopped(Exception):
+    """The sink was closed: no further request may start."""
+
+
+class _ClientApi:
+    """The few MLflow calls the publisher makes, through ``MlflowClient`` (any store)."""
+
+    def __init__(self, client: Any):
+        self.client = client
+
+    def experiment_id(self, name: str) -> str | None:
+        exp = self.client.get_experiment_by_name(name)
+        return None if exp is None else str(exp.experiment_id)
+
+    def create_experiment(self, name: str) -> str:
+        return str(self.client.create_experiment(name))
+
+    def find_run(self, experiment_id: str, key: str) -> str | None:
+        found = self.client.search_runs([experiment_id], f"tags.`{RUN_KEY_TAG}` = '{key}'", max_results=1)
+        return found[0].info.run_id if found else None
+
+    def create_run(self, experiment_id: str, start_ms: int | None, run_name: str | None,
+                   tags: dict[str, str]) -> str:
+        return self.client.create_run(experiment_id, start_time=start_ms, run_name=run_name, tags=tags).info.run_id
+
+    def log_batch(self, run_id: str, metrics: Sequence[tuple[str, float, int, int]] = (),
+                  params: Sequence[tuple[str, str]] = (), tags: Sequence[tuple[str, str]] = ()) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+        self.client.log_batch(run_id, metrics=[Metric(*m) for m in metrics], params=[Param(*p) for p in params],
+                              tags=[RunTag(*t) for t in tags])
+
+    def log_text(self, run_id: str, text: str, path: str) -> None:
+        self.client.log_text(run_id, text, path)
+
+    def terminate(self, run_id: str, status: str, end_ms: int | None) -> None:
+        self.client.set_terminated(run_id, status, end_time=end_ms)
+
+
+class _RestApi(_ClientApi):
+    """The same calls against an MLflow server as single HTTP requests with a timeout and no
+    retries of their own. MLflow's client retries a dead server for about four minutes inside
+    one call; the sender must be able to stop at close, so it retries itself, between requests.
+    Credentials come from the client's own store (tokens, basic auth, TLS settings all apply)."""
+
+    def __init__(self, client: Any, host_creds: Any, timeout: float):
+        super().__init__(client)
+        self.host_creds = host_creds
+        self.timeout = timeout
+
+    def _call(self, endpoint: str, body: dict, method: str = "POST") -> dict:
+        from mlflow.utils.rest_utils import http_request, verify_rest_response
+        kw = {"params": body} if method == "GET" else {"json": body}
+        resp = http_request(self.host_creds(), f"/api/2.0/mlflow/{endpoint}", method, max_retries=0,
+                            backoff_factor=0, timeout=self.timeout, **kw)
+        verify_rest_response(resp, endpoint)
+        return json.loads(resp.text or "{}")
+
+    def experiment_id(self, name: str) -> str | None:
+        try:
+            return str(self._call("experiments/get-by-name", {"experiment_name": name}, "GET")["experiment"]
+                       ["experiment_id"])
+        except Exception as exc:
+            if getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+
+    def create_experiment(self, name: str) -> str:
+        return str(self._call("experiments/create", {"name": name})["experiment_id"])
+
+    def find_run(self, experiment_id: str, key: str) -> str | None:
+        runs = self._call("runs/search", {"experiment_ids": [experiment_id], "max_results": 1,
+                                          "filter": f"tags.`{RUN_KEY_TAG}` = '{key}'"}).get("runs", [])
+        return runs[0]["info"]["run_id"] if runs else None
+
+    def create_run(self, experiment_id: str, start_ms: int | None, run_name: str | None,
+                   tags: dict[str, str]) -> str:
+        body: dict[str, Any] = {"experiment_id": experiment_id, "tags": [{"key": k, "value": v} for k, v in tags.items()]}
+        if start_ms is not None:
+            body["start_time"] = int(start_ms)
+        if run_name:
+            body["run_name"] = run_name
+        if "mlflow.user" in tags:
+            body["user_id"] = tags["mlflow.user"]
+        return self._call("runs/create", body)["run"]["info"]["run_id"]
+
+    def log_batch(self, run_id: str, metrics: Sequence[tuple[str, float, int, int]] = (),
+                  params: Sequence[tuple[str, str]] = (), tags: Sequence[tuple[str, str]] = ()) -> None:
+        self._call("runs/log-batch", {
+            "run_id": run_id,
+            "metrics": [{"key": k, "value": _json_float(v), "timestamp": int(ts), "step": int(st)}
+                        for k, v, ts, st in metrics],
+            "params": [{"key": k, "value": v} for k, v in params],
+            "tags": [{"key": k, "value": v} for k, v in tags]})
+
+    def terminate(self, run_id: str, status: str, end_ms: int | None) -> None:
+        body: dict[str, Any] = {"run_id": run_id, "status": status}
+        if end_ms is not None:
+            body["end_time"] = int(end_ms)
+        self._call("runs/update", body)
+
+
+def _json_float(v: float) -> Any:
+    """A metric value as MLflow's REST API takes it (protobuf JSON: non-finite as strings)."""
+    if math.isfinite(v):
+        return v
+    return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+
+
+def _api_for(client: Any, timeout: float | None) -> _ClientApi:
+    """Bounded REST calls for an MLflow server (``timeout`` given), the client for other stores."""
+    if timeout is not None:
+        try:
+            from mlflow.store.tracking.rest_store import RestStore
+            store = client._tracking_client.store
+            if isinstance(store, RestStore):
+                return _RestApi(client, store.get_host_creds, timeout)
+        except Exception:  # another MLflow layout: its client still works, only without the bound
+            pass
+    return _ClientApi(client)
+
+
 class _Publisher:
     """Applies outbox records to one tracking store. Used by the sink's worker thread and by
-    :func:`upload_spool`, so live sending and later uploading behave the same."""
+    :func:`upload_spool`, so live sending and later uploading behave the same.
 
-    def __init__(self, client: Any, nonfinite: str = "nan"):
-        self.client = client
+    ``stop``: once set, no further request starts (the one in flight, if any, is bounded by
+    the API's timeout); :class:`_Stopped` is raised instead."""
+
+    def __init__(self, api: _ClientApi, nonfinite: str = "nan", stop: threading.Event | None = None):
+        self.api = api
         self.nonfinite = nonfinite
+        self.stop = stop
         self.run_ids: dict[str, str] = {}
         self.tag_seq: dict[str, int] = {}
         self.sent_tags: dict[str, dict[str, str]] = {}
         self.experiments: dict[str, str] = {}
         self.requests = 0
         self.metrics_sent = 0
+        self.notes: list[str] = []
+
+    def _request(self, fn, *args) -> Any:
+        if self.stop is not None and self.stop.is_set():
+            raise _Stopped()
+        self.requests += 1
+        return fn(*args)
 
     def run_id(self, ref: dict) -> str:
         key = ref["key"]
@@ -251,15 +455,10 @@ class _Publisher:
         if key in self.run_ids:
             return self.run_ids[key]
         exp_id = self._experiment_id(ref)
-        found = self.client.search_runs([exp_id], f"tags.`{RUN_KEY_TAG}` = '{key}'", max_results=1)
-        self.requests += 1
-        if found:
-            rid = found[0].info.run_id
-        else:
-            run = self.client.create_run(exp_id, start_time=ref.get("start_ms"), run_name=ref.get("run_name"),
-                                         tags={RUN_KEY_TAG: key})
-            rid = run.info.run_id
-            self.requests += 1
+        rid = self._request(self.api.find_run, exp_id, key)
+        if rid is None:
+            rid = self._request(self.api.create_run, exp_id, ref.get("start_ms"), ref.get("run_name"),
+                                {**ref.get("context", {}), RUN_KEY_TAG: key})
         self.run_ids[key] = rid
         ref["run_id"] = rid
         return rid
@@ -271,19 +470,17 @@ class _Publisher:
         if not name:
             return "0"
         if name not in self.experiments:
-            exp = self.client.get_experiment_by_name(name)
-            self.requests += 1
-            if exp is None:
+            exp_id = self._request(self.api.experiment_id, name)
+            if exp_id is None:
                 try:
-                    self.experiments[name] = self.client.create_experiment(name)
+                    exp_id = self._request(self.api.create_experiment, name)
+                except _Stopped:
+                    raise
                 except Exception as exc:  # created meanwhile by another process
-                    exp = self.client.get_experiment_by_name(name)
-                    if exp is None:
+                    exp_id = self._request(self.api.experiment_id, name)
+                    if exp_id is None:
                         raise exc
-                    self.experiments[name] = exp.experiment_id
-                self.requests += 1
-            else:
-                self.experiments[name] = exp.experiment_id
+            self.experiments[name] = exp_id
         return self.experiments[name]
 
     def _value(self, v: Any) -> float | None:
@@ -298,13 +495,14 @@ class _Publisher:
         return x
 
     def apply(self, records: Sequence[dict]) -> None:
-        from mlflow.entities import Metric, RunTag
-
         groups: dict[str, list[dict]] = {}
         for r in records:
             groups.setdefault(r["run"]["key"], []).append(r)
         for key, recs in groups.items():
             run_id = self.run_id(recs[0]["run"])
+            for r in recs:
+                if r["kind"] == "params":
+                    self._params(run_id, r["params"])
             metrics = []
             for r in recs:
                 if r["kind"] != "metrics":
@@ -313,33 +511,44 @@ class _Publisher:
                     for name, v in vals.items():
                         x = self._value(v)
                         if x is not None:
-                            metrics.append(Metric(metric_key(name), x, int(r["ts"]), int(step)))
+                            metrics.append((metric_key(name), x, int(r["ts"]), int(step)))
             # only the newest tag set matters (each one is complete); older ones are skipped
             newest = max((r for r in recs if r["kind"] == "tags"), key=lambda r: r["seq"], default=None)
             tags: dict[str, str] = {}
             if newest is not None and newest["seq"] > self.tag_seq.get(key, -1):
                 sent = self.sent_tags.get(key, {})
                 tags = {k: str(v) for k, v in newest["tags"].items() if sent.get(k) != str(v)}
-            tag_list = [RunTag(k, v) for k, v in tags.items()]
+            tag_list = list(tags.items())
             # MLflow's limits per request: 100 tags, 1000 metrics + tags
             while tag_list or metrics:
                 tchunk, tag_list = tag_list[:100], tag_list[100:]
                 room = 1000 - len(tchunk)
                 mchunk, metrics = metrics[:room], metrics[room:]
-                self.client.log_batch(run_id, metrics=mchunk, tags=tchunk)
-                self.requests += 1
+                self._request(self.api.log_batch, run_id, mchunk, (), tchunk)
                 self.metrics_sent += len(mchunk)
             if newest is not None and newest["seq"] > self.tag_seq.get(key, -1):
                 self.sent_tags.setdefault(key, {}).update(tags)
                 self.tag_seq[key] = newest["seq"]
             for r in recs:
                 if r["kind"] == "artifact":
-                    self.client.log_text(run_id, r["text"], r["path"])
-                    self.requests += 1
+                    self._request(self.api.log_text, run_id, r["text"], r["path"])
             for r in recs:
                 if r["kind"] == "end":
-                    self.client.set_terminated(run_id, r.get("status", "FINISHED"), end_time=r.get("ts"))
-                    self.requests += 1
+                    self._request(self.api.terminate, run_id, r.get("status", "FINISHED"), r.get("ts"))
+
+    def _params(self, run_id: str, params: dict[str, str]) -> None:
+        """Params are write-once in MLflow: a run that already holds other values for them (a
+        second probe in one run) keeps its own, and that is said once, not retried."""
+        items = list(params.items())
+        try:
+            for i in range(0, len(items), 100):
+                self._request(self.api.log_batch, run_id, (), items[i:i + 100], ())
+        except _Stopped:
+            raise
+        except Exception as exc:
+            if _transient(exc):
+                raise
+            self.notes.append(f"config params not logged ({type(exc).__name__}: {str(exc)[:200]})")
 
 
 def _reachable(uri: str | None, timeout: float) -> bool:
@@ -372,7 +581,9 @@ class MlflowSink(Sink):
     ``retries``/``backoff``: attempts per batch, doubling the wait from ``backoff`` seconds.
     ``retry_interval``: seconds between probes of a server found down. ``close_timeout``: the
     longest ``close`` waits for the queue to drain. ``nonfinite``: ``"nan"`` | ``"keep"`` | ``"drop"``.
-    ``artifacts``: log findings.json and report.html at close.
+    ``artifacts``: log findings.json and report.html at close. ``params``: log the Config as
+    params ``lossprobe.<field>`` at attach. ``description``: keep the run's Description
+    (``mlflow.note.content``) current; ``None`` (default) does so only on a run the sink creates.
 
     Example::
 
@@ -388,7 +599,8 @@ class MlflowSink(Sink):
                  run_name: str | None = None, spool_dir: str | os.PathLike | None = None, *,
                  run_id: str | None = None, queue_size: int = 256, retries: int = 3, backoff: float = 0.5,
                  retry_interval: float = 5.0, close_timeout: float = 30.0, health_timeout: float = 2.0,
-                 nonfinite: str = "nan", artifacts: bool = True):
+                 nonfinite: str = "nan", artifacts: bool = True, params: bool = True,
+                 description: bool | None = None):
         if nonfinite not in ("nan", "keep", "drop"):
             raise ValueError(f"nonfinite must be 'nan', 'keep' or 'drop', got {nonfinite!r}")
         self.tracking_uri = tracking_uri
@@ -400,9 +612,14 @@ class MlflowSink(Sink):
         self.backoff = float(backoff)
         self.retry_interval = float(retry_interval)
         self.close_timeout = float(close_timeout)
+        # one request to a server never takes longer than this, so the sender can always end
+        # within close_timeout: the queue gets the rest of it, the last request this much
+        self.request_timeout = min(10.0, self.close_timeout / 2)
         self.health_timeout = float(health_timeout)
         self.nonfinite = nonfinite
         self.artifacts = artifacts
+        self.params = params
+        self.description = description
         self.owns_run = False
         self._given_run_id = run_id
         self._key = uuid.uuid4().hex
@@ -468,13 +685,19 @@ class MlflowSink(Sink):
             exp_id = getattr(fluent, "_active_experiment_id", None) or os.environ.get("MLFLOW_EXPERIMENT_ID")
         self._ref = {"key": self._key, "run_id": run_id, "tracking_uri": uri,
                      "experiment": self.experiment or (None if exp_id else os.environ.get("MLFLOW_EXPERIMENT_NAME")),
-                     "experiment_id": exp_id, "run_name": self.run_name, "start_ms": _now_ms()}
+                     "experiment_id": exp_id, "run_name": self.run_name, "start_ms": _now_ms(),
+                     "context": _context_tags() if self.owns_run else {}}
+        if self.description is None:
+            self.description = self.owns_run      # never overwrite the description of the user's own run
         stamp = time.strftime("%Y%m%d-%H%M%S")
         self._spool = _Spool(self.spool_dir / f"mlflow-{stamp}-{os.getpid()}-{self._key[:8]}.jsonl")
         self._framework = info.framework
         first = {"lossprobe.health": "healthy", "lossprobe.diagnoses": "", f"{PREFIX}.framework": info.framework,
                  f"{PREFIX}.version": info.version}
-        self._submit([self._record("tags", tags=probe_tags(first, []))])
+        recs = [self._record("tags", tags=self._tags(first, [], "healthy", None))]
+        if self.params and info.config:
+            recs.append(self._record("params", params=config_params(info.config)))
+        self._submit(recs)
         self._thread = threading.Thread(target=self._worker, name="lossprobe-mlflow", daemon=True)
         self._thread.start()
         atexit.register(self._at_exit)
@@ -483,13 +706,15 @@ class MlflowSink(Sink):
         recs = []
         if update.metrics:
             recs.append(self._record("metrics", rows=update.metrics, ts=_now_ms()))
-        recs.append(self._record("tags", tags=probe_tags(update.tags, update.findings)))
+        recs.append(self._record("tags", tags=self._tags(update.tags, update.findings, update.health,
+                                                          update.last_step)))
         self._submit(recs)
 
     def close(self, final: FinalReport) -> None:
         if self._closed or self._thread is None:
             return
-        recs = [self._record("tags", tags=probe_tags(final.tags, final.findings))]
+        recs = [self._record("tags", tags=self._tags(final.tags, final.findings, final.health,
+                                                     final.report.get("last_step")))]
         if self.artifacts:
             recs.append(self._record("artifact", path="lossprobe/findings.json",
                                      text=json.dumps(_json_safe(final.report), indent=2, default=str)))
@@ -500,6 +725,12 @@ class MlflowSink(Sink):
         self._finish(self.close_timeout)
 
     # -- internals: training-thread side ------------------------------------------
+    def _tags(self, tags: dict[str, str], findings: list, health: str, last_step: int | None) -> dict[str, str]:
+        out = probe_tags(tags, findings)
+        if self.description:
+            out[DESCRIPTION_TAG] = run_description(findings, health, last_step)
+        return out
+
     def _record(self, kind: str, **fields: Any) -> dict:
         return {"kind": kind, "seq": next(self._seq), "run": self._ref, **fields}
 
@@ -511,18 +742,22 @@ class MlflowSink(Sink):
             self._spool_dirty = True
 
     def _finish(self, timeout: float) -> None:
+        """End the sender within ``timeout`` seconds: let the queue drain, then stop it and wait
+        out the one request in flight (each is bounded by ``request_timeout``). After this
+        returns no request is made: what was not confirmed sent is in the spool."""
         self._closed = True
         self._stop.set()
-        if not self._done.wait(timeout):
-            # the worker is stuck in a request: keep everything it has not confirmed
+        last = min(self.request_timeout, timeout / 2)
+        if not self._done.wait(max(timeout - last, 0.0)):
             self._abandon.set()
+            inflight = self._inflight
+            self._done.wait(last + 1.0)
             pending = []
             while True:
                 try:
                     pending.extend(self._q.get_nowait())
                 except queue.Empty:
                     break
-            inflight = self._inflight
             if inflight:
                 pending = list(inflight) + pending
             if pending:
@@ -560,7 +795,8 @@ class MlflowSink(Sink):
     def _worker(self) -> None:
         try:
             from mlflow import MlflowClient
-            self._pub = _Publisher(MlflowClient(self._ref["tracking_uri"]), self.nonfinite)
+            client = MlflowClient(self._ref["tracking_uri"])
+            self._pub = _Publisher(_api_for(client, self.request_timeout), self.nonfinite, stop=self._abandon)
         except Exception as exc:
             self._down = True
             self._note(f"cannot create an MLflow client ({type(exc).__name__}: {exc})")
@@ -612,6 +848,8 @@ class MlflowSink(Sink):
                 self._pub.apply(batch)
                 self._sync_ref()
                 return
+            except _Stopped:
+                return               # closed: the batch is spooled by _finish
             except Exception as exc:
                 error = exc
                 if not _transient(exc):
@@ -641,9 +879,9 @@ class MlflowSink(Sink):
         records = self._spool.read(n)
         try:
             for chunk in _chunks(records, 200):
-                if self._abandon.is_set():
-                    return
                 self._pub.apply(chunk)
+        except _Stopped:
+            return                   # closed: the spool keeps what was not confirmed
         except Exception as exc:
             if _transient(exc):
                 self._down = True
@@ -656,9 +894,14 @@ class MlflowSink(Sink):
         log.info("lossprobe: MLflow is reachable again; %d spooled records uploaded", len(records))
 
     def _sync_ref(self) -> None:
-        """A run created from spooled records (their own copies of the run reference) is ours too."""
-        if not self._ref.get("run_id") and self._pub is not None and self._key in self._pub.run_ids:
+        """After a successful send: a run created from spooled records (their own copies of the
+        run reference) is ours too; what the publisher had to say is said once."""
+        if self._pub is None:
+            return
+        if not self._ref.get("run_id") and self._key in self._pub.run_ids:
             self._ref["run_id"] = self._pub.run_ids[self._key]
+        while self._pub.notes:
+            self._note(self._pub.notes.pop(0))
 
     def _note(self, msg: str) -> None:
         self.messages.append(f"lossprobe: {msg}")
@@ -703,7 +946,7 @@ def upload_spool(path: str | os.PathLike, tracking_uri: str | None = None, delet
     runs: set[str] = set()
     metrics = requests = 0
     for uri, recs in by_uri.items():
-        pub = _Publisher(MlflowClient(uri))
+        pub = _Publisher(_ClientApi(MlflowClient(uri)))
         for chunk in _chunks(recs, 200):
             pub.apply(chunk)
         runs.update(pub.run_ids.values())
@@ -727,13 +970,15 @@ def filter_string(diagnosis: str | Iterable[str] | None = None, health: str | No
     >>> filter_string(health="critical")
     "tags.`lossprobe.health` = 'critical'"
     >>> filter_string(diagnosis="exploding_gradients")
-    'tags.`lossprobe.diagnosis.exploding_gradients` IS NOT NULL'
+    "tags.`lossprobe.diagnosis.exploding_gradients` LIKE '%'"
     >>> filter_string(health="unhealthy")
     "tags.`lossprobe.health` != 'healthy'"
 
-    Other filters that work (MLflow 3.x, SQL stores): ``tags.`lossprobe.diagnoses` LIKE
-    '%nan_loss%'``, ``tags.`lossprobe.diagnosis.nan_loss` = 'critical'`` and, for runs never
-    probed, ``tags.`lossprobe.health` IS NULL``. MLflow does not accept ``IN (...)`` on tags.
+    ``LIKE '%'`` matches every run that has the tag, on MLflow 2 and 3 alike (``IS NOT NULL``
+    says the same, on MLflow 3 only). Other filters that work (SQL stores):
+    ``tags.`lossprobe.diagnoses` LIKE '%nan_loss%'``, ``tags.`lossprobe.diagnosis.nan_loss` =
+    'critical'`` and, on MLflow 3, ``tags.`lossprobe.health` IS NULL`` for runs never probed.
+    MLflow does not accept ``IN (...)`` on tags.
     """
     parts = []
     if health is not None:
@@ -747,7 +992,7 @@ def filter_string(diagnosis: str | Iterable[str] | None = None, health: str | No
     for code in codes:
         if not re.fullmatch(r"[a-z0-9_]+", code):
             raise ValueError(f"not a diagnosis code: {code!r}")
-        parts.append(f"tags.`{PREFIX}.diagnosis.{code}` IS NOT NULL")
+        parts.append(f"tags.`{PREFIX}.diagnosis.{code}` LIKE '%'")
     return " AND ".join(parts)
 
 

@@ -15,21 +15,27 @@ Example::
 What a run gets:
 
 * history: every metric of the probe under ``lossprobe/`` (loss, global and per-layer
-  gradient norms, update ratios, dead/saturated fractions) with its own x-axis
-  ``lossprobe/step`` (``define_metric("lossprobe/*", step_metric="lossprobe/step")``), so
-  the section never fights the user's own ``wandb.log`` steps;
-* ``lossprobe/findings``: a ``wandb.Table`` (code, severity, first/last step, evidence,
-  explanation, likely cause, fix), logged again whenever a new finding appears and at the end;
-* summary: ``lossprobe/health``, ``lossprobe/diagnoses`` (sorted, comma-separated codes ever
-  raised), ``lossprobe/active_diagnoses`` (those still firing), ``lossprobe/diagnosis/<code>``
-  = severity, ``lossprobe/findings_count``; run tags: one per code found, so the project's
-  run table filters by diagnosis (tags are only ever added, never removed);
+  gradient norms, update ratios, dead/saturated fractions), each logged once, with its own
+  x-axis ``lossprobe/step`` (``define_metric("lossprobe/*", step_metric="lossprobe/step")``),
+  so the section never fights the user's own ``wandb.log`` steps. Per-layer keys keep the
+  layer's path, with its type where the path is a bare index (``lossprobe/dead_fraction/1.ReLU``);
+* ``lossprobe/findings``: a ``wandb.Table`` grouped by root cause -- each root cause, then the
+  findings it explains -- with columns root_cause, code, caused_by, severity, status
+  (active | ended | resolved), first/last step, evidence, explanation, and every likely cause
+  and fix (numbered). Logged once at the end, and once more on the first critical finding so
+  a run that dies early still shows it;
+* summary: ``lossprobe/health``, ``lossprobe/root_cause`` (where to start), ``lossprobe/fix_first``,
+  ``lossprobe/diagnoses`` (sorted, comma-separated codes ever raised),
+  ``lossprobe/active_diagnoses`` (those still firing), ``lossprobe/diagnosis/<code>`` =
+  severity, ``lossprobe/findings_count``;
+* run tags: ``lossprobe:health=<healthy|warning|critical>`` (kept current: the old one is
+  replaced) and one tag per code found, so the project's run table filters by health and by
+  diagnosis (code tags are only ever added);
 * a ``wandb.alert`` (level ERROR) on the first critical finding of an online run (W&B sends
   it by e-mail/Slack as configured). Offline runs get none by default: wandb writes an alert
   into the offline run file and it would be replayed at ``wandb sync`` time, long after it
   mattered; ``alert=True`` records it anyway, ``alert=False`` never alerts;
-* at the end: ``lossprobe/report`` (the HTML report as ``wandb.Html``) and
-  ``lossprobe/layers/<family>`` line-series charts, one line per watched layer.
+* at the end: ``lossprobe/report`` (the HTML report as ``wandb.Html``).
 
 How rows are committed (W&B keeps one history row per ``_step``; a ``log`` call that
 commits advances it, and a later ``log(step=s)`` with ``s`` below it is dropped with a
@@ -58,14 +64,14 @@ Every W&B call is guarded: a failure is reported once and the sink switches itse
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
 from lossprobe.findings import Finding
+from lossprobe.readout import evidence_line, ordered
+from lossprobe.rootcause import attribute
 from lossprobe.sinks import FinalReport, FlushUpdate, RunInfo, Sink
 
 log = logging.getLogger("lossprobe")
@@ -73,10 +79,9 @@ log = logging.getLogger("lossprobe")
 STEP_KEY = "lossprobe/step"
 TABLE_KEY = "lossprobe/findings"
 REPORT_KEY = "lossprobe/report"
-TABLE_COLUMNS = ["code", "severity", "first_step", "last_step", "active", "evidence",
-                 "explanation", "likely_cause", "fix"]
-LAYER_FAMILIES = ("grad_norm", "update_ratio", "dead_fraction", "saturation")
-_MAX_POINTS = 512       # per per-layer series kept for the closing line-series charts
+TABLE_COLUMNS = ["root_cause", "code", "caused_by", "severity", "status", "first_step", "last_step",
+                 "evidence", "explanation", "causes", "fixes"]
+HEALTH_TAG = "lossprobe:health="        # + healthy | warning | critical
 
 
 class WandbSink(Sink):
@@ -91,7 +96,7 @@ class WandbSink(Sink):
 
     ``alert``: ``"online"`` (default): a ``wandb.alert`` on the first critical finding when the
     run is online; ``True``: also record it in offline runs; ``False``: never. ``report``: log the
-    HTML report at the end. ``layer_charts``: log per-layer line-series charts at the end.
+    HTML report at the end.
     ``row_per_step``: ``None`` (default) decides as described in the module docstring;
     ``True`` forces one committed row per probe step, ``False`` forces riding along.
     """
@@ -100,7 +105,7 @@ class WandbSink(Sink):
     on_training_thread = True  # shares wandb.run's step counter with the user's own wandb.log calls
 
     def __init__(self, project: str | None = None, mode: str | None = None, run: Any = None, *,
-                 alert: bool | str = "online", report: bool = True, layer_charts: bool = True,
+                 alert: bool | str = "online", report: bool = True,
                  row_per_step: bool | None = None, **init_kwargs: Any) -> None:
         if run is None and importlib.util.find_spec("wandb") is None:
             raise ImportError("the 'wandb' sink needs the wandb package: pip install wandb "
@@ -114,7 +119,6 @@ class WandbSink(Sink):
         self.init_kwargs = init_kwargs
         self.alert = alert
         self.report = report
-        self.layer_charts = layer_charts
         self.row_per_step = row_per_step
         self.run: Any = run
         self.owned = False              # True when lossprobe started the run (and will finish it)
@@ -126,12 +130,9 @@ class WandbSink(Sink):
         self._warned: set[str] = set()
         self._riding = False            # once riding (someone else commits rows), stay riding
         self._expected_step: int | None = None
-        self._table_codes: frozenset[str] = frozenset()
-        self._tag_codes: set[str] = set()
+        self._critical_table = False    # the table logged on the first critical finding
         self._summary_key: tuple | None = None
         self._alerted = False
-        self._series: dict[str, dict[str, list]] = {}
-        self._stride: dict[str, int] = {}
 
     # -- Sink interface ------------------------------------------------------------
     def open(self, info: RunInfo) -> None:
@@ -195,11 +196,9 @@ class WandbSink(Sink):
     def _flush(self, update: FlushUpdate) -> None:
         self._ensure_run()
         extra: dict[str, Any] = {}
-        codes = frozenset(f.code for f in update.findings)
-        if codes != self._table_codes:
+        if not self._critical_table and any(f.severity == "critical" for f in update.findings):
+            self._critical_table = True
             extra[TABLE_KEY] = self._table(update.findings)
-            self._table_codes = codes
-        self._remember(update.metrics)
         self._log(update.metrics, extra, update.last_step)
         self._publish_state(update.findings, update.health, update.tags)
         crit = [f for f in update.new_findings if f.severity == "critical"]
@@ -219,8 +218,6 @@ class WandbSink(Sink):
         if self.report:
             self._extra("report", lambda: extra.__setitem__(
                 REPORT_KEY, self._wandb.Html(final.html, inject=False)))
-        if self.layer_charts:
-            self._extra("layer charts", lambda: extra.update(self._layer_charts()))
         last = final.report.get("last_step", -1)
         self._log([], extra, int(last) if last is not None else -1)
         self._publish_state(final.findings, final.health, final.tags, force=True)
@@ -263,11 +260,13 @@ class WandbSink(Sink):
 
     # -- findings, summary, tags, alert -----------------------------------------------
     def _table(self, findings: list[Finding]) -> Any:
+        """The findings, root causes first with the findings they explain under them."""
         data = []
-        for f in findings:
-            data.append([f.code, f.severity, int(f.step), int(f.last_step), bool(f.active),
-                         json.dumps(f.evidence, sort_keys=True, default=str), f.message,
-                         f.causes[0] if f.causes else "", f.fixes[0] if f.fixes else ""])
+        for row in ordered(findings):
+            f = row.finding
+            data.append([row.root, f.code, f.caused_by or "", f.severity, row.status, int(f.step),
+                         int(max(f.last_step, f.step)), evidence_line(f.evidence, limit=len(f.evidence)),
+                         f.message, _numbered(f.causes), _numbered(f.fixes)])
         return self._wandb.Table(columns=TABLE_COLUMNS, data=data)
 
     def _publish_state(self, findings: list[Finding], health: str, tags: dict[str, str],
@@ -277,53 +276,24 @@ class WandbSink(Sink):
             self._summary_key = key
             summary = {k.replace(".", "/", 2) if k.startswith("lossprobe.") else k: v
                        for k, v in tags.items()}
+            roots = attribute(findings)
+            summary["lossprobe/fix_first"] = roots[0].fix_first if roots else ""
             summary["lossprobe/active_diagnoses"] = ",".join(sorted(f.code for f in findings if f.active))
             summary["lossprobe/findings_count"] = len(findings)
             self.run.summary.update(summary)
         codes = {f.code for f in findings}
-        if not codes <= self._tag_codes:
-            self._tag_codes |= codes
-            self.run.tags = tuple(sorted(set(self.run.tags or ()) | codes))
+        current = set(self.run.tags or ())
+        want = {t for t in current if not t.startswith(HEALTH_TAG)} | codes | {HEALTH_TAG + health}
+        if want != current:
+            self.run.tags = tuple(sorted(want))
 
     def _send_alert(self, f: Finding) -> None:
         if self._disabled() or (self.alert == "online" and getattr(self.run, "offline", True)):
             return
         title = f"lossprobe: {f.code} at step {f.step}"[:63]
-        text = f"{f.message}\nEvidence: {json.dumps(f.evidence, default=str)}\nFix first: " \
+        text = f"{f.message}\nEvidence: {evidence_line(f.evidence, limit=len(f.evidence))}\nFix first: " \
                f"{f.fixes[0] if f.fixes else '-'}"
         self.run.alert(title=title, text=text, level=self._wandb.AlertLevel.ERROR)
-
-    # -- per-layer line series ----------------------------------------------------------
-    def _remember(self, rows: list[tuple[int, dict[str, float]]]) -> None:
-        """Keep the per-layer series (bounded: every ``stride``-th point, at most _MAX_POINTS)."""
-        if not self.layer_charts:
-            return
-        for step, m in rows:
-            for key, v in m.items():
-                parts = key.split("/", 2)
-                if len(parts) != 3 or parts[1] not in LAYER_FAMILIES:
-                    continue
-                fam, layer = parts[1], parts[2]
-                stride = self._stride.setdefault(fam, 1)
-                if step % stride:
-                    continue
-                pts = self._series.setdefault(fam, {}).setdefault(layer, [])
-                pts.append((int(step), float(v)))
-                if len(pts) > _MAX_POINTS:
-                    self._stride[fam] = stride * 2
-                    for name, s in self._series[fam].items():
-                        self._series[fam][name] = [p for p in s if p[0] % (stride * 2) == 0]
-
-    def _layer_charts(self) -> dict[str, Any]:
-        out = {}
-        for fam, layers in self._series.items():
-            names = sorted(layers)
-            xs = [[p[0] for p in layers[n]] for n in names]
-            ys = [[p[1] if math.isfinite(p[1]) else None for p in layers[n]] for n in names]
-            if any(xs):
-                out[f"lossprobe/layers/{fam}"] = self._wandb.plot.line_series(
-                    xs=xs, ys=ys, keys=names, title=f"lossprobe: {fam} per layer", xname=STEP_KEY)
-        return out
 
     # -- guards ---------------------------------------------------------------------------
     def _disabled(self) -> bool:
@@ -354,7 +324,6 @@ class WandbSink(Sink):
         if key not in self._warned:
             self._warned.add(key)
             log.warning("lossprobe: %s", msg)
-            warnings.warn(f"lossprobe: {msg}", RuntimeWarning, stacklevel=3)
 
 
 def _merge_steps(rows: list[tuple[int, dict[str, float]]]) -> list[tuple[int, dict[str, float]]]:
@@ -378,3 +347,8 @@ def _fold(rows: list[tuple[int, dict[str, float]]]) -> dict[str, Any]:
             out[k] = v
         out[STEP_KEY] = int(step)
     return out
+
+
+def _numbered(items: list[str]) -> str:
+    """Every item, ranked: ``1. ...`` one per line (a table cell shows them all)."""
+    return "\n".join(f"{i}. {x}" for i, x in enumerate(items, 1))

@@ -31,14 +31,14 @@ __all__ = ["attach", "diagnose", "Probe", "Finding", "Config", "Sink", "ConsoleS
 
 
 def attach(model: Any, *, optimizer: Any = None, config: Config | None = None,
-           sinks: Iterable[Sink | str] | None = None) -> Probe:
+           sinks: Iterable[Sink | str] | Sink | str | None = None) -> Probe:
     """Attach a probe to ``model`` and return it.
 
     ``model``: a ``torch.nn.Module``, a Keras model or a Paddle ``nn.Layer``/``paddle.Model``.
     ``optimizer``: optional; steps are then counted from its ``step()``. Without it the
     probe finds the optimizer that holds the model's parameters at its first step.
     ``sinks``: where findings go: ``"console"`` (default), ``"mlflow"``, ``"wandb"`` or
-    :class:`Sink` objects. Attaching twice to one model raises ``RuntimeError``.
+    :class:`Sink` objects; a list, or one of them alone (``sinks="mlflow"``). Attaching twice to one model raises ``RuntimeError``.
     """
     from .backends import backend_for
 

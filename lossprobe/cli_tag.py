@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from typing import Any, Sequence, TextIO
 
@@ -44,9 +45,29 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+class TagError(RuntimeError):
+    """The back-fill cannot start: no server answers, or no such experiment (one-line message)."""
+
+
+# the command line gives up on a dead server in seconds, not after MLflow's default ~4 minutes
+# of retries; set while the command runs (backfill() called from Python leaves them alone)
+_CLI_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+             "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
 def run(args: argparse.Namespace) -> int:
-    results = backfill(args.experiment, tracking_uri=args.tracking_uri, loss_key=args.loss_key,
-                       val_key=args.val_key, n_classes=args.classes, dry_run=args.dry_run)
+    """``lossprobe tag``: 0 done, 1 some runs failed, 2 nothing could start (one line on stderr)."""
+    added = {k: v for k, v in _CLI_HTTP.items() if k not in os.environ}   # what the user set wins
+    os.environ.update(added)
+    try:
+        results = backfill(args.experiment, tracking_uri=args.tracking_uri, loss_key=args.loss_key,
+                           val_key=args.val_key, n_classes=args.classes, dry_run=args.dry_run)
+    except TagError as exc:
+        print(f"lossprobe tag: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
     return 0 if all(r["status"] != "error" for r in results) else 1
 
 
@@ -66,22 +87,32 @@ def backfill(experiment: str | Sequence[str], tracking_uri: str | None = None, l
     Returns one dict per run: ``run_id``, ``name``, ``status`` (tagged | unchanged |
     skipped | error), ``health``, ``codes``, ``reason``.
     """
+    import mlflow
     from mlflow import MlflowClient
 
     from . import __version__
-    from .catalog import worst
-    from .integrations.mlflow import _experiment_ids, _search_all, filter_string, probe_tags
+    from .integrations.mlflow import _experiment_ids, _reachable, _search_all, filter_string, probe_tags
     from .posthoc import diagnose
+    from .readout import final_health
     from .tags import tracker_tags
 
     out = out or sys.stdout
     names = [experiment] if isinstance(experiment, str) else list(experiment)
-    client = MlflowClient(tracking_uri)
-    ids = _experiment_ids(client, names)
-    if not ids:
-        print(f"lossprobe tag: no experiment named {', '.join(names)}", file=out)
-        return []
-    runs = _search_all(client, ids, "")
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    if not _reachable(uri, timeout=5.0):
+        raise TagError(f"no MLflow server answers at {uri} (is it running? check --tracking-uri)")
+    client = MlflowClient(uri)
+    try:
+        found = {n: _experiment_ids(client, [n]) for n in names}
+        missing = [n for n, i in found.items() if not i]
+        ids = [i for n in names for i in found[n]]
+        if missing:
+            raise TagError(f"no experiment named {', '.join(repr(n) for n in missing)} at {uri}")
+        runs = _search_all(client, ids, "")
+    except TagError:
+        raise
+    except Exception as exc:
+        raise TagError(f"cannot read runs from {uri} ({type(exc).__name__}: {_first_line(exc)})") from None
     print(f"lossprobe tag: {len(runs)} run(s) in {', '.join(names)}", file=out)
     results: list[dict[str, Any]] = []
     width = len(str(len(runs)))
@@ -101,7 +132,7 @@ def backfill(experiment: str | Sequence[str], tracking_uri: str | None = None, l
                     vh = _history(client, rid, val_key)
                     history["val_step"], history["val_loss"] = vh["step"], vh["loss"]
                 findings = diagnose(history, n_classes=n_classes)
-                health = worst(f.severity for f in findings)
+                health = final_health(findings)
                 new = probe_tags(tracker_tags(findings, health, framework=None, version=__version__),
                                  findings, source="posthoc")
                 stale = [k for k in tags if k.startswith(_OWN) and k not in new]
@@ -129,6 +160,11 @@ def backfill(experiment: str | Sequence[str], tracking_uri: str | None = None, l
     print("lossprobe tag: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v) +
           f". Find unhealthy runs with filter_string=\"{filter_string(health='unhealthy')}\"", file=out)
     return results
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else ""
 
 
 def _history(client: Any, run_id: str, key: str) -> dict[str, list]:

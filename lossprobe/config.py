@@ -4,12 +4,18 @@ Example::
 
     cfg = lossprobe.Config(flush_every=50, on_critical="raise")
     probe = lossprobe.attach(model, config=cfg)
+
+Every value is checked when the Config is made, so a typo fails at once with the field's
+name (``Config(window=0)`` -> ``ValueError: Config.window must be an integer >= 1, got 0``)
+instead of as a quiet "healthy" run later.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+import numpy as np
 
 
 @dataclass
@@ -106,10 +112,75 @@ class Config:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.on_critical not in ("warn", "raise"):
-            raise ValueError(f"on_critical must be 'warn' or 'raise', got {self.on_critical!r}")
-        if self.flush_every < 1 or self.activation_every < 1:
-            raise ValueError("flush_every and activation_every must be >= 1")
+        for f in fields(self):
+            _validate(f.name, f.type, getattr(self, f.name))
+        if self.update_ratio_low >= self.update_ratio_high:
+            raise ValueError(f"Config.update_ratio_low ({self.update_ratio_low!r}) must be below "
+                             f"update_ratio_high ({self.update_ratio_high!r})")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# What each field accepts: (lowest, highest, lowest excluded). Integers are counts of steps or
+# layers; floats are thresholds whose meaning is in the field's docstring above.
+_INT_RANGES: dict[str, tuple[int, int | None]] = {
+    "flush_every": (1, None), "rules_every": (1, None), "activation_every": (1, None),
+    "window": (1, None), "max_layer_metrics": (0, None), "grad_sample": (0, None),
+    "warmup_steps": (0, None), "curve_window": (2, None), "val_min_points": (1, None),
+}
+_FLOAT_RANGES: dict[str, tuple[float, float, bool]] = {
+    "explode_factor": (1.0, math.inf, True), "explode_abs": (0.0, math.inf, True),
+    "vanish_ratio": (0.0, 1.0, True), "dead_fraction": (0.0, 1.0, True),
+    "dead_persist": (0.0, 1.0, True), "saturation_fraction": (0.0, 1.0, True),
+    "overflow_loss": (0.0, math.inf, True), "overflow_tolerance": (0.0, 1.0, True),
+    "chance_tolerance": (0.0, 1.0, True), "trend_z": (0.0, math.inf, True),
+    "plateau_rel_drop": (0.0, 1.0, True), "plateau_high": (0.0, 1.0, False),
+    "divergence_rise": (0.0, math.inf, True), "spike_mad": (0.0, math.inf, True),
+    "oscillation_rel": (0.0, math.inf, True), "converged_rel": (0.0, 1.0, True),
+    "update_ratio_high": (0.0, math.inf, True), "update_ratio_low": (0.0, math.inf, True),
+    "unnormalized_abs": (0.0, math.inf, True), "unshuffled_ratio": (0.0, 1.0, True),
+    "shrink_fraction": (0.0, 1.0, True), "init_scale_ratio": (1.0, math.inf, True),
+}
+_CHOICES = {"on_critical": ("warn", "raise")}
+
+
+def _validate(name: str, kind: Any, value: Any) -> None:
+    """Raise a one-line error naming ``Config.<name>`` when ``value`` is not what it takes."""
+    def fail(want: str) -> None:
+        raise (ValueError if _type_ok(kind, value) else TypeError)(
+            f"Config.{name} must be {want}, got {value!r}")
+
+    if name in _CHOICES:
+        if value not in _CHOICES[name]:
+            fail(" or ".join(repr(c) for c in _CHOICES[name]))
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            fail("True or False")
+    elif kind == "int":
+        lo, hi = _INT_RANGES.get(name, (None, None))
+        if not _type_ok(kind, value) or (lo is not None and value < lo) or (hi is not None and value > hi):
+            fail(f"an integer >= {lo}" if lo is not None else "an integer")
+    elif kind == "float":
+        lo, hi, open_lo = _FLOAT_RANGES.get(name, (-math.inf, math.inf, False))
+        ok = _type_ok(kind, value) and math.isfinite(value) and (value > lo if open_lo else value >= lo) \
+            and value <= hi
+        if not ok:
+            span = f"{'>' if open_lo else '>='} {lo:g}" + ("" if hi == math.inf else f" and <= {hi:g}")
+            fail(f"a finite number {span}")
+    elif kind.startswith("dict") and not isinstance(value, dict):
+        fail("a dict")
+
+
+def _type_ok(kind: Any, value: Any) -> bool:
+    if kind == "int":
+        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "str":
+        return isinstance(value, str)
+    if kind.startswith("dict"):
+        return isinstance(value, dict)
+    return True

@@ -51,7 +51,8 @@ class TrainingHealthError(RuntimeError):
 class Probe:
     """Training-health probe bound to one model. Create it with :func:`lossprobe.attach`."""
 
-    def __init__(self, layout: Layout, config: Config | None = None, sinks: Iterable[Sink | str] | None = None):
+    def __init__(self, layout: Layout, config: Config | None = None,
+                 sinks: Iterable[Sink | str] | Sink | str | None = None):
         self.config = config or Config()
         self._layout = layout
         self._history = History(layout, window=self.config.window)
@@ -68,7 +69,11 @@ class Probe:
         self._closed = False
         self._warned: set[str] = set()
         self._main_calls: collections.deque = collections.deque()
-        sinks = [resolve_sink(s) for s in (["console"] if sinks is None else sinks)]
+        if sinks is None:
+            sinks = ["console"]
+        elif isinstance(sinks, (str, Sink)):
+            sinks = [sinks]          # attach(model, sinks="mlflow"): one sink
+        sinks = [resolve_sink(s) for s in sinks]
         if layout.rank != 0:  # data parallelism: one publisher; a sink with all_ranks stays everywhere
             sinks = [s for s in sinks if getattr(s, "all_ranks", False)]
         self.sinks: list[Sink] = sinks
@@ -292,10 +297,11 @@ class Probe:
         self._warn_once(what, f"{what} failed ({type(exc).__name__}: {exc})")
 
     def _warn_once(self, key: str, msg: str) -> None:
+        """Say it once, through the ``lossprobe`` logger only (never also ``warnings``: one
+        message, one channel; with no logging configured Python prints it to stderr)."""
         if key not in self._warned:
             self._warned.add(key)
             log.warning("lossprobe: %s", msg)
-            warnings.warn(f"lossprobe: {msg}", RuntimeWarning, stacklevel=3)
 
 
 def resolve_sink(s: Sink | str) -> Sink:

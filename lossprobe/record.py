@@ -65,12 +65,17 @@ class Layout:
     activations: Sequence[str] = ()
     kinds: Sequence[str] = ()
     is_weight: Sequence[bool] = ()
+    # the layer's class name, for readable per-layer names where a path is a bare index
+    # (nn.Sequential's "1" -> "1.ReLU"); empty when a backend does not say
+    activation_types: Sequence[str] = ()   # per activation
+    param_owner_types: Sequence[str] = ()  # per param: the layer that holds it
     rank: int = 0
     world_size: int = 1
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("params", "param_sizes", "activations", "kinds", "is_weight"):
+        for name in ("params", "param_sizes", "activations", "kinds", "is_weight", "activation_types",
+                     "param_owner_types"):
             _frozen(self, name, tuple(getattr(self, name)))
         _frozen(self, "extra", MappingProxyType(dict(self.extra)))
 
@@ -96,6 +101,8 @@ class Layout:
             "activations": list(self.activations),
             "kinds": list(self.kinds),
             "is_weight": list(self.is_weight),
+            "activation_types": list(self.activation_types),
+            "param_owner_types": list(self.param_owner_types),
             "rank": self.rank,
             "world_size": self.world_size,
         }

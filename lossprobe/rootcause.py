@@ -40,8 +40,10 @@ class RootCause:
 
 
 def attribute(findings: list[Finding]) -> list[RootCause]:
-    """Root causes of a run's warning and critical findings, most severe and earliest first."""
-    serious = [f for f in findings if f.severity != "info"]
+    """Root causes of a run's warning and critical findings, most severe and earliest first.
+    A resolved finding (cleared and stayed clear) is no root cause: where to start is among
+    what still counts in the final health."""
+    serious = [f for f in findings if f.severity != "info" and not f.resolved]
     serious.sort(key=lambda f: (-SEVERITY_RANK[f.severity], f.step, f.code))
     return [RootCause(f.code, f.severity, f.step, fix_first=f.fixes[0] if f.fixes else "")
             for f in serious if f.caused_by is None]

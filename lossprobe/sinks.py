@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from .findings import Finding
+from .readout import evidence_line, ordered
+from .rootcause import attribute
 
 
 @dataclass
@@ -87,8 +89,9 @@ class ConsoleSink(Sink):
 
     def on_flush(self, update: FlushUpdate) -> None:
         for f in update.new_findings:
-            ev = ", ".join(f"{k}={v}" for k, v in list(f.evidence.items())[:3])
-            print(f"[lossprobe] step {f.step}: {f.severity.upper()} {f.code} ({ev})", file=self._out())
+            why = f" caused by {f.caused_by}" if f.caused_by else ""
+            print(f"[lossprobe] step {f.step}: {f.severity.upper()} {f.code}{why} ({evidence_line(f.evidence)})",
+                  file=self._out())
         if update.health_changed:
             print(f"[lossprobe] health: {update.previous_health} -> {update.health}", file=self._out())
 
@@ -98,19 +101,44 @@ class ConsoleSink(Sink):
 
 
 def format_table(findings: list[Finding], health: str) -> str:
-    """A plain-text summary table of findings."""
-    lines = [f"lossprobe: health = {health}"]
+    """The plain-text summary: root causes first with what they explain indented under them,
+    resolved findings marked, then one "fix first" for the run.
+
+    Example output::
+
+        lossprobe: health = warning (1 root cause)
+          code                      severity  status    steps   evidence
+          learning_rate_too_high    warning   active    12-299  median_update_ratio=0.8
+            dead_relu               warning   active    40-299  layers=1.ReLU: 1
+          root cause: learning_rate_too_high - The updates are far too large ...
+            explains: dead_relu
+          fix first: lower the learning rate ...
+    """
+    roots = attribute(findings)
+    n = len(roots)
+    lines = [f"lossprobe: health = {health}" + (f" ({n} root cause{'s' if n != 1 else ''})" if n else "")]
     if not findings:
         lines.append("  no findings")
         return "\n".join(lines)
-    rows = [("code", "severity", "steps", "evidence")]
-    for f in findings:
-        ev = ", ".join(f"{k}={v}" for k, v in list(f.evidence.items())[:3])
-        rows.append((f.code, f.severity, f"{f.step}-{f.last_step}", ev[:70]))
-    w = [max(len(r[i]) for r in rows) for i in range(3)]
-    for r in rows:
-        lines.append(f"  {r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]}")
-    for f in findings:
-        if f.severity != "info":
-            lines.append(f"  -> {f.code}: {f.message} Fix first: {f.fixes[0]}")
+    table = [("code", "severity", "status", "steps", "evidence")]
+    rows = ordered(findings, roots)
+    for row in rows:
+        f = row.finding
+        table.append(("  " * row.depth + f.code, f.severity, row.status, f"{f.step}-{max(f.last_step, f.step)}",
+                      _clip(evidence_line(f.evidence), 80)))
+    w = [max(len(r[i]) for r in table) for i in range(4)]
+    for r in table:
+        lines.append(f"  {r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]:<{w[3]}}  {r[4]}".rstrip())
+    by_code = {f.code: f for f in findings}
+    for rc in roots:
+        lines.append(f"  root cause: {rc.code} - {by_code[rc.code].message}")
+        explained = [r.finding.code for r in rows if r.root == rc.code and r.depth]
+        if explained:
+            lines.append(f"    explains: {', '.join(explained)}" + (f" ({rc.why})" if rc.why else ""))
+    if roots and roots[0].fix_first:
+        lines.append(f"  fix first ({roots[0].code}): {roots[0].fix_first}")
     return "\n".join(lines)
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[:n - 3] + "..."

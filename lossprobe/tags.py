@@ -4,7 +4,7 @@ Example::
 
     tracker_tags(probe.findings, probe.health, framework="torch")
     # {"lossprobe.health": "critical", "lossprobe.diagnoses": "exploding_gradients,nan_loss",
-    #  "lossprobe.diagnosis.nan_loss": "critical", ...}
+    #  "lossprobe.root_cause": "exploding_gradients", "lossprobe.diagnosis.nan_loss": "critical", ...}
 """
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ def tracker_tags(findings: list[Finding], health: str, framework: str | None = N
     codes = sorted({f.code for f in findings})
     tags = {f"{PREFIX}.health": health, f"{PREFIX}.diagnoses": ",".join(codes)}
     roots = attribute(findings)
-    if roots:
-        tags[f"{PREFIX}.root_cause"] = roots[0].code
+    # always written, empty when there is none: trackers merge tags, so a cause that resolved
+    # must not leave its code behind
+    tags[f"{PREFIX}.root_cause"] = roots[0].code if roots else ""
     for f in findings:
         tags[f"{PREFIX}.diagnosis.{f.code}"] = f.severity
     if framework:

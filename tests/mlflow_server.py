@@ -136,3 +136,86 @@ class SlowServer:
         self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class Gateway:
+    """An HTTP front for a real tracking server that a test switches between three states:
+
+    * ``"up"``: every request is passed to the server and its answer returned;
+    * ``"hold"``: ``/health`` answers 200, but API requests wait (``held`` is set when one does),
+      as on a server that is about to crash mid-request;
+    * ``"down"``: every connection, held ones included, is closed without an answer, as a
+      crashed server behind a proxy; MLflow's client retries such a request for minutes.
+
+    Example::
+
+        gw = Gateway(mlflow_server.uri, mode="hold")
+        sink = MlflowSink(gw.uri, ...)         # its first request is held
+        gw.held.wait(10); gw.set("down")       # ... and dies in flight
+    """
+
+    def __init__(self, target: str, mode: str = "up"):
+        import http.client
+        import http.server
+        import threading
+        from urllib.parse import urlsplit
+
+        self.mode = mode
+        self.held = threading.Event()
+        self.cond = threading.Condition()
+        self.requests = 0
+        host = urlsplit(target).netloc
+        gw = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _handle(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with gw.cond:
+                    gw.requests += 1
+                    if gw.mode == "hold" and not self.path.startswith("/health"):
+                        gw.held.set()
+                        gw.cond.wait_for(lambda: gw.mode != "hold", timeout=120)
+                    mode = gw.mode
+                if mode == "down":
+                    self.close_connection = True        # no status line: the client sees a dropped connection
+                    return
+                if mode == "hold":                     # /health while holding
+                    self.send_response(200)
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"OK")
+                    return
+                conn = http.client.HTTPConnection(host, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                conn.request(self.command, self.path, body=body or None, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                conn.close()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length", "date", "server"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.uri = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def set(self, mode: str) -> None:
+        with self.cond:
+            self.mode = mode
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        self.set("down")
+        self.httpd.shutdown()
+        self.httpd.server_close()

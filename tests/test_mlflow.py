@@ -29,7 +29,7 @@ from lossprobe.integrations.mlflow import MlflowSink, filter_string, find_runs, 
 
 from lossprobe.sinks import FinalReport, FlushUpdate, RunInfo  # noqa: E402
 
-from mlflow_server import SlowServer, mlflow_server  # noqa: E402,F401  (module-scoped fixture)
+from mlflow_server import Gateway, SlowServer, free_port, mlflow_server  # noqa: E402,F401  (module-scoped fixture)
 
 STEPS = 120
 FAULT_STEP = 40
@@ -110,7 +110,8 @@ def fleet(mlflow_server, tmp_path_factory):
                 probe.flush()
                 assert sink.drain(30)
                 run = client.get_run(sink.run_id)
-                mid.update(status=run.info.status, health=run.data.tags.get("lossprobe.health"))
+                mid.update(status=run.info.status, health=run.data.tags.get("lossprobe.health"),
+                           description=run.data.tags.get("mlflow.note.content"))
 
         probe, losses, _ = train(sink, fault=fault, seed=seed, on_step=look)
         probe.detach()
@@ -164,7 +165,7 @@ def test_filters_return_exactly_the_faulty_runs(fleet, mlflow_server):
         "tags.`lossprobe.health` != 'healthy'": FAULTY,
         "tags.`lossprobe.health` = 'healthy'": HEALTHY,
         "tags.`lossprobe.diagnoses` LIKE '%nan_loss%'": FAULTY,
-        "tags.`lossprobe.diagnosis.nan_loss` IS NOT NULL": FAULTY,
+        "tags.`lossprobe.diagnosis.nan_loss` LIKE '%'": FAULTY,
         "tags.`lossprobe.diagnosis.nan_loss` = 'critical'": FAULTY,
     }
     for q, want in queries.items():
@@ -176,7 +177,9 @@ def test_filters_return_exactly_the_faulty_runs(fleet, mlflow_server):
     assert names(find_runs(exp, health="unhealthy", tracking_uri=mlflow_server.uri)) == FAULTY
     assert names(find_runs(exp, health="healthy", tracking_uri=mlflow_server.uri)) == HEALTHY
     assert find_runs("no-such-experiment", health="critical", tracking_uri=mlflow_server.uri) == []
-    assert filter_string(diagnosis="exploding_gradients") == "tags.`lossprobe.diagnosis.exploding_gradients` IS NOT NULL"
+    assert filter_string(diagnosis="exploding_gradients") == "tags.`lossprobe.diagnosis.exploding_gradients` LIKE '%'"
+    if int(mlflow.__version__.split(".")[0]) >= 3:                 # the same question, MLflow 3's way
+        assert names(client.search_runs([eid], "tags.`lossprobe.diagnosis.nan_loss` IS NOT NULL")) == FAULTY
 
 
 def test_tags_follow_the_contract_and_stay_current(fleet):
@@ -191,7 +194,8 @@ def test_tags_follow_the_contract_and_stay_current(fleet):
         assert tags["lossprobe.framework"] == "torch" and tags["lossprobe.version"] == lossprobe.__version__
         assert tags["lossprobe.source"] == "probe"
         # while training ran (step 100), the run was already searchable as critical
-        assert r["mid"] == {"status": "RUNNING", "health": "critical"}
+        assert {k: r["mid"][k] for k in ("status", "health")} == {"status": "RUNNING", "health": "critical"}
+        assert r["mid"]["description"].startswith("**lossprobe: critical** after ")   # kept current
         assert client.get_run(r["run_id"]).info.status == "FINISHED"     # a run the sink started is ended
     healthy = client.get_run(runs["healthy-0"]["run_id"]).data.tags
     assert healthy["lossprobe.health"] == "healthy"
@@ -202,7 +206,42 @@ def test_tags_follow_the_contract_and_stay_current(fleet):
     assert user["sink"].owns_run is False
     assert user["status_after_detach"] == "RUNNING"
     run = client.get_run(user["run_id"])
-    assert run.data.params == {"lr": "0.1"} and run.data.tags["lossprobe.health"] == "healthy"
+    assert run.data.params["lr"] == "0.1" and run.data.tags["lossprobe.health"] == "healthy"
+    assert "mlflow.note.content" not in run.data.tags          # the user's description is the user's
+
+
+def test_runs_read_well_in_the_ui(fleet):
+    """What a person sees on a run the sink created: who/what made it, a description that
+    leads with the root cause, the config as params, per-layer charts named by layer."""
+    from mlflow.tracking.context.registry import resolve_tags
+    from lossprobe.rootcause import attribute
+    exp, client, runs = fleet
+    context = resolve_tags()             # what mlflow.start_run would set in this process
+    assert {"mlflow.user", "mlflow.source.name", "mlflow.source.type"} <= set(context)
+    for name in ("inf-loss", "healthy-0"):
+        r = runs[name]
+        run = client.get_run(r["run_id"])
+        tags = run.data.tags
+        assert {k: tags.get(k) for k in context} == context, name
+        assert run.info.user_id == context["mlflow.user"]
+        note = tags["mlflow.note.content"]
+        health = r["probe"].health
+        assert note.startswith(f"**lossprobe: {health}** after {STEPS} steps")
+        roots = attribute(r["probe"].findings)
+        if roots:
+            assert tags["lossprobe.root_cause"] == roots[0].code
+            assert f"Root cause: `{roots[0].code}`" in note and f"Fix first: {roots[0].fix_first}" in note
+            assert all(f"`{f.code}`" in note for f in r["probe"].findings)
+        else:
+            assert tags["lossprobe.root_cause"] == "" and "no warnings" in note
+        params = run.data.params
+        assert params["lossprobe.flush_every"] == str(CFG.flush_every) and params["lossprobe.window"] == "1024"
+        assert params["lossprobe.on_critical"] == "warn"
+        assert set(params) == {f"lossprobe.{k}" for k in CFG.to_dict() if k != "extra"}
+        keys = set(run.data.metrics)
+        assert {"lossprobe/dead_fraction/1.ReLU", "lossprobe/grad_norm/0.Linear.weight",
+                "lossprobe/grad_norm/2.Linear.weight"} <= keys, sorted(keys)
+        assert "lossprobe/dead_fraction/1" not in keys
 
 
 def test_metrics_have_steps_and_are_batched(fleet):
@@ -237,6 +276,7 @@ def test_artifacts_exist_and_parse(fleet, tmp_path):
         r = runs[name]
         listed = {a.path for a in client.list_artifacts(r["run_id"], "lossprobe")}
         assert listed == {"lossprobe/findings.json", "lossprobe/report.html"}
+        (tmp_path / name).mkdir()                                   # MLflow 2 wants the folder to exist
         d = client.download_artifacts(r["run_id"], "lossprobe", str(tmp_path / name))
         report = json.loads(open(f"{d}/findings.json").read())
         assert report["health"] == r["probe"].health
@@ -332,6 +372,7 @@ def test_server_killed_mid_training(mlflow_server, tmp_path):
         t0 = time.perf_counter()
         a.probe.detach()
         assert time.perf_counter() - t0 < 5.0                          # close does not hang either
+        assert not a.sink._thread.is_alive()                          # the sender ended at detach
         path = a.sink.spool_path
         assert path.exists() and a.sink.stats["spooled"] > 0
         said = [m for m in a.sink.messages if "upload" in m]           # once when it began, once at close
@@ -357,7 +398,11 @@ def test_server_killed_mid_training(mlflow_server, tmp_path):
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         assert not path.exists()
-        upload_spool(copy)                                             # again: idempotent
+        if int(mlflow.__version__.split(".")[0]) >= 3:
+            upload_spool(copy)                                         # again: idempotent
+        else:                                                          # MLflow 2 refuses exact duplicate
+            with pytest.raises(Exception, match="UNIQUE constraint"):  # points: nothing changes
+                upload_spool(copy)
         run_id = a.sink.run_id
         got = history(client, run_id)
         assert sorted(got) == list(range(STEPS))
@@ -370,6 +415,45 @@ def test_server_killed_mid_training(mlflow_server, tmp_path):
                                                                                  "lossprobe/report.html"}
     finally:
         mlflow_server.start()
+
+
+def test_sender_ends_at_detach_and_never_creates_a_late_run(mlflow_server, tmp_path):
+    """The server dies with the sender's first request in flight and is down until after
+    detach. MLflow's own client would retry that request for minutes and, once the server is
+    back, create the run with the stale tags of the start (a RUNNING 'healthy' run beside the
+    one the spool upload makes). The sender must end at detach; the upload then makes the one
+    run, with the final tags, and tag searches answer right."""
+    exp = f"late-{uuid.uuid4().hex[:8]}"
+    client = MlflowClient(mlflow_server.uri)
+    gw = Gateway(mlflow_server.uri, mode="hold")
+    try:
+        c = Trainer(MlflowSink(gw.uri, experiment=exp, run_name="in-flight", close_timeout=4,
+                               spool_dir=tmp_path, backoff=0.05, retry_interval=0.3), fault="inf_loss")
+        assert gw.held.wait(20)                                        # its first request waits on the server ...
+        gw.set("down")                                                 # ... which dies with it in flight
+        c.run(60)
+        t0 = time.perf_counter()
+        c.probe.detach()
+        assert time.perf_counter() - t0 < 4 + 1.5                      # within close_timeout
+        assert not c.sink._thread.is_alive()                           # the sender ended
+        said = [m for m in c.sink.messages if f"upload '{c.sink.spool_path}'" in m]
+        assert said and "were not sent" in said[-1]
+        seen = gw.requests
+        gw.set("up")                                                   # the server is back
+        time.sleep(2)
+        assert gw.requests == seen                                     # nothing more was asked of it
+    finally:
+        gw.close()
+    key = f"tags.`lossprobe.run_key` = '{c.sink._key}'"
+    exp_id = client.get_experiment_by_name(exp)
+    assert exp_id is None or client.search_runs([exp_id.experiment_id], key) == []
+    upload_spool(c.sink.spool_path, tracking_uri=mlflow_server.uri)
+    eid = client.get_experiment_by_name(exp).experiment_id
+    (run,) = client.search_runs([eid], key)
+    assert run.info.status == "FINISHED" and run.data.tags == {**run.data.tags, **c.probe.tags()}
+    assert c.probe.health == "critical"
+    assert names(client.search_runs([eid], filter_string(health="critical"))) == {"in-flight"}
+    assert client.search_runs([eid], filter_string(health="healthy")) == []
 
 
 def _log_history(client, exp_id, name, loss, key="loss", val=None, tags=None):
@@ -429,3 +513,18 @@ def test_tag_backfills_unprobed_runs(mlflow_server, capsys):
     out = capsys.readouterr().out
     assert "5 unchanged" in out and "tagged" not in out.split("lossprobe tag:")[-1]
     assert {n: tags(n) for n in ids} == before
+
+
+def test_tag_fails_in_one_line_on_a_dead_server_and_an_unknown_experiment(mlflow_server, capsys):
+    dead = f"http://127.0.0.1:{free_port()}"                      # nothing listens: connections refused
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "lossprobe.cli", "tag", "--experiment", "x", "--tracking-uri", dead],
+                         capture_output=True, text=True, timeout=120)
+    assert time.perf_counter() - t0 < 30
+    assert out.returncode == 2 and out.stdout == "" and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [f"lossprobe tag: no MLflow server answers at {dead} "
+                                               "(is it running? check --tracking-uri)"]
+    from lossprobe.cli import main
+    assert main(["tag", "--experiment", "no-such-experiment", "--tracking-uri", mlflow_server.uri]) == 2
+    err = capsys.readouterr().err
+    assert err == f"lossprobe tag: no experiment named 'no-such-experiment' at {mlflow_server.uri}\n"

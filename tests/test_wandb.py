@@ -6,8 +6,8 @@ healthy run is a small MLP on load_digits that learns normally.
 """
 from __future__ import annotations
 
+import logging
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from torch import nn  # noqa: E402
 
 import lossprobe  # noqa: E402
 from lossprobe.integrations.wandb import STEP_KEY, TABLE_COLUMNS, TABLE_KEY, WandbSink, _fold  # noqa: E402
+from lossprobe.rootcause import attribute  # noqa: E402
 
 from wandb_reader import iter_payloads, read_run, run_file  # noqa: E402
 
@@ -94,6 +95,11 @@ def _codes(probe, severities=("critical", "warning", "info")) -> set[str]:
     return {f.code for f in probe.findings if f.severity in severities}
 
 
+def _tables(run) -> list[dict]:
+    """Every findings table logged into the run's history (a reference per log call)."""
+    return [row[TABLE_KEY] for row in run.history if TABLE_KEY in row]
+
+
 # -- a run lossprobe starts itself ------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -118,16 +124,25 @@ def test_faulty_run_reads_back_with_codes(own_runs):
     assert run.summary["lossprobe/diagnoses"] == ",".join(sorted(_codes(probe)))
     assert run.summary["lossprobe/diagnosis/nan_loss"] == "critical"
     assert "nan_loss" in run.summary["lossprobe/active_diagnoses"].split(",")
-    # run tags: every code found
-    assert _codes(probe) <= set(run.tags)
-    # findings table as W&B wrote it under files/
+    roots = attribute(probe.findings)
+    assert run.summary["lossprobe/root_cause"] == roots[0].code
+    assert run.summary["lossprobe/fix_first"] == roots[0].fix_first
+    # run tags: the health, and every code found
+    assert set(run.tags) == _codes(probe) | {"lossprobe:health=critical"}
+    # findings table as W&B wrote it under files/: logged on the first critical and at the end
+    assert len(_tables(run)) == 2
     table = run.table(TABLE_KEY)
     assert table["columns"] == TABLE_COLUMNS
-    rows = {r[0]: dict(zip(table["columns"], r)) for r in table["data"]}
-    assert set(rows) == _codes(probe)
+    rows = {r[1]: dict(zip(table["columns"], r)) for r in table["data"]}
+    assert set(rows) == _codes(probe) and len(table["data"]) == len(rows)
     nan = rows["nan_loss"]
+    f = next(f for f in probe.findings if f.code == "nan_loss")
     assert nan["severity"] == "critical" and FAULT_STEP <= nan["first_step"] <= nan["last_step"]
-    assert nan["fix"] and nan["likely_cause"] and nan["evidence"].startswith("{")
+    assert nan["status"] in ("active", "ended") and nan["root_cause"] and nan["caused_by"] == (f.caused_by or "")
+    # all causes and all fixes, ranked; evidence as name=value, not JSON
+    assert nan["fixes"].splitlines() == [f"{i}. {x}" for i, x in enumerate(f.fixes, 1)]
+    assert nan["causes"].splitlines() == [f"{i}. {x}" for i, x in enumerate(f.causes, 1)]
+    assert "{" not in nan["evidence"] and all(f"{k}=" in nan["evidence"] for k in f.evidence)
     # one alert, for the first critical finding (alert=True: recorded in an offline run too)
     assert len(run.alerts) == 1 and run.alerts[0].level == "ERROR"
     assert run.alerts[0].title.startswith("lossprobe: ") and "at step" in run.alerts[0].title
@@ -150,8 +165,10 @@ def test_faulty_run_history_has_lossprobe_step_axis(own_runs):
     # the global grad norm is published while finite (the nan is in lossprobe/loss and the table)
     assert [s for s, _ in run.series("lossprobe/grad_norm")][:FAULT_STEP] == list(range(FAULT_STEP))
     assert any(k.startswith("lossprobe/grad_norm/") for row in run.history for k in row)
-    # the per-layer line-series charts logged at the end
-    assert any(k.startswith("lossprobe/layers/grad_norm") for k in run.summary)
+    # per-layer values are logged once, as history keys named by layer (no second copy as charts)
+    keys = {k for row in run.history for k in row}
+    assert {"lossprobe/grad_norm/0.Linear.weight", "lossprobe/dead_fraction/1.ReLU"} <= keys
+    assert not any(k.startswith("lossprobe/layers/") for k in keys | set(run.summary))
     # no row carries a W&B step of our choosing: _step just counts rows
     assert [row["_step"] for row in run.history] == list(range(len(run.history)))
 
@@ -161,9 +178,11 @@ def test_healthy_run_has_no_faults(own_runs):
     assert probe.health == "healthy" and not _codes(probe, ("critical", "warning"))
     assert run.summary["lossprobe/health"] == "healthy"
     table = run.table(TABLE_KEY)
-    assert {r[1] for r in table["data"]} <= {"info"}         # e.g. `converged`, nothing else
+    assert {r[3] for r in table["data"]} <= {"info"}         # e.g. `converged`, nothing else
+    assert len(_tables(run)) == 1                            # the findings table, once, at the end
     assert "nan_loss" not in run.tags and not run.alerts
-    assert set(run.tags) == _codes(probe)
+    assert set(run.tags) == _codes(probe) | {"lossprobe:health=healthy"}
+    assert run.summary["lossprobe/root_cause"] == "" and run.summary["lossprobe/fix_first"] == ""
     loss = [v for _, v in run.series("lossprobe/loss")]
     assert len(loss) == STEPS and all(math.isfinite(v) for v in loss)
     assert np.mean(loss[-10:]) < 0.5 * np.mean(loss[:10])   # it really learned
@@ -221,10 +240,10 @@ def _user_run(digits, capfd, sinks_factory):
     return probe, still_active, err, read_run(Path(run_dir).parent)
 
 
-def test_coexists_with_user_steps_and_watch(digits, capfd, loud_wandb):
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)       # a failing lossprobe sink would warn
+def test_coexists_with_user_steps_and_watch(digits, capfd, loud_wandb, caplog):
+    with caplog.at_level(logging.WARNING, logger="lossprobe"):
         probe, still_active, err, run = _user_run(digits, capfd, lambda: ["wandb"])
+    assert not [r for r in caplog.records if "W&B" in r.getMessage()]   # a failing sink would say so
     assert still_active                                      # the sink never finishes the user's run
     assert "monotonically" not in err and "will be ignored" not in err, err
     # every one of the user's rows is there, at the user's own steps
@@ -245,7 +264,7 @@ def test_coexists_with_user_steps_and_watch(digits, capfd, loud_wandb):
     # findings published into the user's run, next to the user's own tag
     assert {"mine", "nan_loss"} <= set(run.tags) and _codes(probe) <= set(run.tags)
     assert run.summary["lossprobe/health"] == "critical"
-    assert {r[0] for r in run.table(TABLE_KEY)["data"]} == _codes(probe)
+    assert {r[1] for r in run.table(TABLE_KEY)["data"]} == _codes(probe)
     assert run.summary["train/loss"] is not None             # the user's summary is intact
     assert not run.alerts                                    # default alert="online": none offline
 
@@ -287,25 +306,25 @@ def test_user_logging_into_a_run_the_sink_started(digits, capfd, loud_wandb):
 
 # -- modes and failures -------------------------------------------------------------------
 
-def test_disabled_mode_writes_nothing(digits, offline_wandb):
+def test_disabled_mode_writes_nothing(digits, offline_wandb, caplog):
     before = set(offline_wandb.rglob("run-*.wandb"))
     sink = WandbSink(mode="disabled")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
+    with caplog.at_level(logging.WARNING, logger="lossprobe"):
         probe = train(digits, [sink], fault=True, steps=80)
+    assert not [r for r in caplog.records if "W&B" in r.getMessage()]
     assert "nan_loss" in _codes(probe)
     assert not sink.off and sink.owned and sink.sync_command is None
     assert set(offline_wandb.rglob("run-*.wandb")) == before
     assert wandb.run is None
 
 
-def test_failure_is_reported_once_and_training_goes_on(digits):
+def test_failure_is_reported_once_and_training_goes_on(digits, caplog):
     dead = wandb.init(project="lossprobe-tests", name="finished-early")
     dead.finish()                                            # logging into it now raises
     sink = WandbSink(run=dead)
-    with pytest.warns(RuntimeWarning, match="W&B sink failed") as rec:
+    with caplog.at_level(logging.WARNING, logger="lossprobe"):
         probe = train(digits, ["console", sink], fault=True, steps=80)
-    assert sum("W&B sink" in str(w.message) for w in rec) == 1
+    assert sum("W&B sink failed" in r.getMessage() for r in caplog.records) == 1
     assert sink.off and "nan_loss" in _codes(probe)          # the probe itself kept working
     assert probe.step == 79
 
@@ -316,3 +335,47 @@ def test_fold_keeps_nonfinite_and_last_values():
     out = _fold(rows)
     assert math.isnan(out["lossprobe/loss"]) and out["lossprobe/lr"] == 0.1 and out[STEP_KEY] == 2
     assert _fold(rows[:1] + rows[2:])["lossprobe/loss"] == 0.5
+
+
+def test_table_is_grouped_by_root_cause_and_the_health_tag_follows(offline_wandb):
+    """The sink alone, fed what a probe sends, with findings whose caused_by is set (as the
+    attribution sets it): one table on the first critical, one at the end, rows grouped by
+    root cause; the health tag is replaced as health changes, never doubled."""
+    from lossprobe.findings import Detection, Finding
+    from lossprobe.sinks import FinalReport, FlushUpdate, RunInfo
+    from lossprobe.tags import tracker_tags
+
+    def finding(code, step, caused_by=None, resolved=False):
+        f = Finding.from_detection(Detection(code, step, {"value": 1.0}))
+        f.caused_by, f.resolved, f.active = caused_by, resolved, not resolved
+        return f
+
+    lr = finding("learning_rate_too_high", 12)
+    dead = finding("dead_relu", 40, "learning_rate_too_high")
+    spike = finding("loss_spike", 30, resolved=True)
+    plateau = finding("loss_plateau", 70, "learning_rate_too_high")
+    nan = finding("nan_loss", 90)
+    sink = WandbSink(project="lossprobe-tests", name="grouped")
+    sink.open(RunInfo("torch", lossprobe.__version__, {}, {"flush_every": 20}))
+    flushes = [([lr, dead], [lr, dead], "warning", "healthy"),
+               ([lr, dead, spike], [spike], "warning", "warning"),
+               ([lr, dead, spike, plateau, nan], [plateau, nan], "critical", "warning"),
+               ([lr, dead, spike, plateau, nan], [], "critical", "critical")]
+    for step, (found, new, health, before) in enumerate(flushes):
+        sink.on_flush(FlushUpdate([(step, {"lossprobe/loss": 2.0 - step / 10})], found, new, health, before,
+                                  tracker_tags(found, health), step))
+    final = flushes[-1][0]
+    sink.close(FinalReport({"last_step": 3}, "<!doctype html>", final, "critical", tracker_tags(final, "critical")))
+    run = read_run(sink.run_dir)
+    assert len(_tables(run)) == 2
+    table = run.table(TABLE_KEY)
+    rows = [dict(zip(table["columns"], r)) for r in table["data"]]
+    assert [(r["root_cause"], r["code"], r["caused_by"], r["status"]) for r in rows] == [
+        ("nan_loss", "nan_loss", "", "active"),
+        ("learning_rate_too_high", "learning_rate_too_high", "", "active"),
+        ("learning_rate_too_high", "dead_relu", "learning_rate_too_high", "active"),
+        ("learning_rate_too_high", "loss_plateau", "learning_rate_too_high", "active"),
+        ("loss_spike", "loss_spike", "", "resolved")]
+    assert set(run.tags) == {f.code for f in final} | {"lossprobe:health=critical"}
+    assert run.summary["lossprobe/root_cause"] == "nan_loss"
+    assert run.summary["lossprobe/diagnoses"] == ",".join(sorted(f.code for f in final))   # every code stays

@@ -219,6 +219,7 @@ class PaddleBackend(CaptureGuard):
         self.model = model
         self.cfg = config or Config()
         named = [(n, p) for n, p in self.net.named_parameters() if not p.stop_gradient]
+        sub = dict(self.net.named_sublayers())
         self.params = [p for _, p in named]
         self.weight_idx = [i for i, p in enumerate(self.params) if len(p.shape) >= 2]
         acts = [(n or "root", m, _activation_kind(m)) for n, m in self.net.named_sublayers(include_self=True)]
@@ -229,7 +230,9 @@ class PaddleBackend(CaptureGuard):
         self.layout = Layout(
             framework="paddle", params=[n for n, _ in named], param_sizes=[_numel(p) for p in self.params],
             activations=[n for n, _, _ in acts], kinds=[k for _, _, k in acts],
-            is_weight=[len(p.shape) >= 2 for p in self.params])
+            is_weight=[len(p.shape) >= 2 for p in self.params],
+            activation_types=[type(m).__name__ for _, m, _ in acts],
+            param_owner_types=[type(sub.get(n.rpartition(".")[0], self.net)).__name__ for n, _ in named])
         self.facts = FactSheet(dropout_rates=tuple(
             (n, float(m.p)) for n, m in self.net.named_sublayers()
             if isinstance(m, nn.Dropout) and isinstance(getattr(m, "p", None), (int, float)) and m.p > 0))

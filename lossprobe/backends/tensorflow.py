@@ -271,7 +271,7 @@ class KerasBackend(CaptureGuard):
         self._act_layers = [l for l, _ in acts]
         self._kinds = [k for _, k in acts]
         self.layout = Layout(framework="tensorflow", activations=[self._layer_name(l) for l, _ in acts],
-                             kinds=self._kinds)
+                             kinds=self._kinds, activation_types=[type(l).__name__ for l, _ in acts])
         self._layout_unsent = False   # a layout completed after attach travels with the next flush
         self._bn_idx = [j for j, (_, k) in enumerate(acts) if k == "batchnorm"]
         self.facts = FactSheet(dropout_rates=tuple(
@@ -308,7 +308,7 @@ class KerasBackend(CaptureGuard):
         self._var_idx = {id(v): i for i, v in enumerate(variables)}
         shapes = [tuple(int(d or 0) for d in v.shape) for v in variables]
         self.layout = Layout(framework="tensorflow", activations=self.layout.activations, kinds=self._kinds,
-                             params=[str(getattr(v, "path", None) or v.name) for v in variables],
+                             activation_types=self.layout.activation_types, params=[str(getattr(v, "path", None) or v.name) for v in variables],
                              param_sizes=[int(np.prod(s)) if s else 1 for s in shapes],
                              is_weight=[len(s) >= 2 for s in shapes])
         self._layout_unsent = self.channel is not None   # attach has handed out the one without params

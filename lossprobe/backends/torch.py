@@ -140,6 +140,8 @@ class TorchBackend(CaptureGuard):
             framework="torch", params=[n for n, _ in named], param_sizes=[p.numel() for p in self.params],
             activations=[n for n, _, _ in acts], kinds=[k for _, _, k in acts],
             is_weight=[i in set(self.weight_idx) for i in range(len(self.params))],
+            activation_types=[type(m).__name__ for _, m, _ in acts],
+            param_owner_types=[type(self.net.get_submodule(n.rpartition(".")[0])).__name__ for n, _ in named],
             rank=rank, world_size=world, extra=self.dist.layout_extra() if self.dist is not None else {})
         self.facts = FactSheet(dropout_rates=tuple(
             (n, float(m.p)) for n, m in self.net.named_modules()

@@ -505,19 +505,18 @@ def test_on_critical_raise_stops_training_at_the_next_step_boundary(way):
     assert len(done) < 40 and len(done) - max(f.step for f in e.value.findings) <= 6
 
 
-def test_hook_error_is_reported_once_and_that_part_switched_off():
-    import warnings
+def test_hook_error_is_reported_once_and_that_part_switched_off(caplog):
+    import logging
     net = small()
     probe = lossprobe.attach(net, sinks=[], config=lossprobe.Config(activation_every=1))
 
     def broken(*a, **k):
         raise RuntimeError("boom")
     probe._backend._act_stats = broken
-    with warnings.catch_warnings(record=True) as w:
-        warnings.simplefilter("always")
+    with caplog.at_level(logging.WARNING, logger="lossprobe"):
         loop(net, probe, steps=15)
     probe.detach()
-    msgs = [str(x.message) for x in w if "lossprobe" in str(x.message)]
+    msgs = [r.getMessage() for r in caplog.records if "lossprobe" in r.getMessage()]
     assert len(msgs) == 1 and "activations" in msgs[0]
     assert probe.history.n_steps == 15 and (probe.history.series("loss_seen") == 1).all()
 
