@@ -18,7 +18,7 @@ from typing import Sequence
 
 def _cmd_diagnose(args) -> int:
     from .posthoc import HistoryError, diagnose
-    from .readout import final_health
+    from .verdict import health_of
     from .report import findings_report
     from .sinks import format_table
     try:
@@ -26,7 +26,7 @@ def _cmd_diagnose(args) -> int:
     except HistoryError as exc:
         print(f"lossprobe diagnose: {exc}", file=sys.stderr)
         return 2
-    health = final_health(findings)
+    health = health_of(findings)
     if args.json:
         print(json.dumps(findings_report(findings, health), indent=2))
     else:

@@ -93,7 +93,7 @@ def backfill(experiment: str | Sequence[str], tracking_uri: str | None = None, l
     from . import __version__
     from .integrations.mlflow import _experiment_ids, _reachable, _search_all, filter_string, probe_tags
     from .posthoc import diagnose
-    from .readout import final_health
+    from .verdict import health_of
     from .tags import tracker_tags
 
     out = out or sys.stdout
@@ -132,7 +132,7 @@ def backfill(experiment: str | Sequence[str], tracking_uri: str | None = None, l
                     vh = _history(client, rid, val_key)
                     history["val_step"], history["val_loss"] = vh["step"], vh["loss"]
                 findings = diagnose(history, n_classes=n_classes)
-                health = final_health(findings)
+                health = health_of(findings)
                 new = probe_tags(tracker_tags(findings, health, framework=None, version=__version__),
                                  findings, source="posthoc")
                 stale = [k for k in tags if k.startswith(_OWN) and k not in new]

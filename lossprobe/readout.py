@@ -63,12 +63,6 @@ def ordered(findings: list[Finding], roots: list[RootCause] | None = None) -> li
     return rows
 
 
-def final_health(findings: list[Finding]) -> str:
-    """The run's health word: the worst severity of the findings that are not resolved."""
-    from .catalog import worst
-    return worst(f.severity for f in findings if not f.resolved)
-
-
 def format_value(v: object, max_items: int = 6) -> str:
     """An evidence value for people: numbers to 4 significant digits, dicts as ``key: value``
     pairs and lists shortened (``...(+n more)``), never a Python repr."""
