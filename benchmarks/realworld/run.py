@@ -53,6 +53,10 @@ NAMES: dict[str, tuple[str, ...]] = {
     "loss_function": ("output_activation_mismatch", "double_softmax", "label_problem"),
     "learning_rate_high": ("learning_rate_too_high",),
     "learning_rate_low": ("learning_rate_too_low",),
+    # the loss is summed over the batch where it should be averaged: every gradient, and so
+    # every step, is batch_size times too large -- to the optimizer, a learning rate batch_size
+    # times too high (added with the first such case, defects4dl-fault1-sum-loss, before it ran)
+    "loss_reduction": ("learning_rate_too_high",),
     # hidden activations that saturate or die (sigmoid/tanh stacks, ReLU with a bad init)
     "hidden_activation": ("vanishing_gradients", "saturated_activations", "dead_relu"),
     "weight_initialization": ("bad_initialization", "vanishing_gradients", "dead_relu", "saturated_activations"),
@@ -76,6 +80,8 @@ SYMPTOMS: dict[str, tuple[str, ...]] = {
     "learning_rate_high": ("loss_divergence", "exploding_gradients", "nan_loss", "softmax_overflow",
                            "loss_oscillation", "dead_relu", "loss_spike", "chance_level_loss"),
     "learning_rate_low": ("loss_plateau", "chance_level_loss"),
+    "loss_reduction": ("loss_divergence", "exploding_gradients", "nan_loss", "nonfinite_gradients",
+                       "softmax_overflow", "loss_oscillation"),
     "hidden_activation": ("loss_plateau", "chance_level_loss"),
     "weight_initialization": ("loss_plateau", "chance_level_loss", "exploding_gradients"),
     "input_scaling": ("saturated_activations", "exploding_gradients", "dead_relu", "loss_plateau", "softmax_overflow"),
