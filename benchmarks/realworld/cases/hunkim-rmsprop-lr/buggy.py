@@ -21,7 +21,7 @@ model.add(Activation('linear'))
 
 rmsprop = RMSprop(learning_rate=1e-10)
 model.compile(loss='mse', optimizer=rmsprop)
-model.fit(x_data, y_data, epochs=200, verbose=0)
+model.fit(x_data, y_data, epochs=100, verbose=0)
 
 y_predict = model.predict(np.array([[95., 100., 80]]), verbose=0)
 print(y_predict)
