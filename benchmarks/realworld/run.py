@@ -158,14 +158,19 @@ def learns(result: dict, below: float) -> tuple[bool, str]:
     return ok, f"loss {head:.4g} -> {tail:.4g}"
 
 
+def _alarms(result: dict) -> list[dict]:
+    """Every warning/critical finding of the program (over all its probes), with its evidence."""
+    keep = ("code", "severity", "step", "last_step", "active", "evidence")
+    return [{k: f.get(k) for k in keep} for p in result.get("probes", []) for f in p.get("findings", [])
+            if f["severity"] in ("warning", "critical")]
+
+
 def _codes(result: dict) -> dict[str, str]:
     """code -> worst severity over every probe of the program (warning/critical only)."""
     out: dict[str, str] = {}
-    for p in result.get("probes", []):
-        for f in p.get("findings", []):
-            if f["severity"] in ("warning", "critical"):
-                if out.get(f["code"]) != "critical":
-                    out[f["code"]] = f["severity"]
+    for f in _alarms(result):
+        if out.get(f["code"]) != "critical":
+            out[f["code"]] = f["severity"]
     return out
 
 
@@ -251,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             "id": s.case.id, "framework": s.case.framework, "kind": s.case.kind, "matched": s.matched,
             "symptom_only": s.symptom_only, "fixed_learns": s.fixed_learns, "fixed_silent": s.fixed_silent,
             "buggy_codes": _codes(s.buggy), "fixed_codes": _codes(s.fixed), "fixed_health": _health(s.fixed),
+            "buggy_findings": _alarms(s.buggy), "fixed_findings": _alarms(s.fixed),
             "learn_note": s.learn_note, "buggy_error": s.buggy.get("error"), "fixed_error": s.fixed.get("error"),
             "seconds": [s.buggy.get("seconds"), s.fixed.get("seconds")]} for s in scores], indent=1))
     return 0
