@@ -53,6 +53,10 @@ NAMES: dict[str, tuple[str, ...]] = {
     "loss_function": ("output_activation_mismatch", "double_softmax", "label_problem"),
     "learning_rate_high": ("learning_rate_too_high",),
     "learning_rate_low": ("learning_rate_too_low",),
+    # the loss is summed over the batch where it should be averaged: every gradient, and so
+    # every step, is batch_size times too large -- to the optimizer, a learning rate batch_size
+    # times too high (added with the first such case, defects4dl-fault1-sum-loss, before it ran)
+    "loss_reduction": ("learning_rate_too_high",),
     # hidden activations that saturate or die (sigmoid/tanh stacks, ReLU with a bad init)
     "hidden_activation": ("vanishing_gradients", "saturated_activations", "dead_relu"),
     "weight_initialization": ("bad_initialization", "vanishing_gradients", "dead_relu", "saturated_activations"),
@@ -76,6 +80,8 @@ SYMPTOMS: dict[str, tuple[str, ...]] = {
     "learning_rate_high": ("loss_divergence", "exploding_gradients", "nan_loss", "softmax_overflow",
                            "loss_oscillation", "dead_relu", "loss_spike", "chance_level_loss"),
     "learning_rate_low": ("loss_plateau", "chance_level_loss"),
+    "loss_reduction": ("loss_divergence", "exploding_gradients", "nan_loss", "nonfinite_gradients",
+                       "softmax_overflow", "loss_oscillation"),
     "hidden_activation": ("loss_plateau", "chance_level_loss"),
     "weight_initialization": ("loss_plateau", "chance_level_loss", "exploding_gradients"),
     "input_scaling": ("saturated_activations", "exploding_gradients", "dead_relu", "loss_plateau", "softmax_overflow"),
@@ -154,14 +160,19 @@ def learns(result: dict, below: float) -> tuple[bool, str]:
     return ok, f"loss {head:.4g} -> {tail:.4g}"
 
 
+def _alarms(result: dict) -> list[dict]:
+    """Every warning/critical finding of the program (over all its probes), with its evidence."""
+    keep = ("code", "severity", "step", "last_step", "active", "evidence")
+    return [{k: f.get(k) for k in keep} for p in result.get("probes", []) for f in p.get("findings", [])
+            if f["severity"] in ("warning", "critical")]
+
+
 def _codes(result: dict) -> dict[str, str]:
     """code -> worst severity over every probe of the program (warning/critical only)."""
     out: dict[str, str] = {}
-    for p in result.get("probes", []):
-        for f in p.get("findings", []):
-            if f["severity"] in ("warning", "critical"):
-                if out.get(f["code"]) != "critical":
-                    out[f["code"]] = f["severity"]
+    for f in _alarms(result):
+        if out.get(f["code"]) != "critical":
+            out[f["code"]] = f["severity"]
     return out
 
 
@@ -268,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             "id": s.case.id, "framework": s.case.framework, "kind": s.case.kind, "matched": s.matched,
             "symptom_only": s.symptom_only, "fixed_learns": s.fixed_learns, "fixed_silent": s.fixed_silent,
             "buggy_codes": _codes(s.buggy), "fixed_codes": _codes(s.fixed), "fixed_health": _health(s.fixed),
+            "buggy_findings": _alarms(s.buggy), "fixed_findings": _alarms(s.fixed),
             "learn_note": s.learn_note, "buggy_error": s.buggy.get("error"), "fixed_error": s.fixed.get("error"),
             "seconds": [s.buggy.get("seconds"), s.fixed.get("seconds")]} for s in scores], indent=1))
     return 0

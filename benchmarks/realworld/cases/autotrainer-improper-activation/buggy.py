@@ -1,0 +1,27 @@
+# AUTOTRAINER demo "Improper_Activation_case": a ReLU MLP on three 2-D blobs whose output layer
+# is a ReLU under categorical cross-entropy.
+import numpy as np
+from sklearn.datasets import make_blobs
+from tensorflow.keras.layers import Dense
+from tensorflow.keras.models import Sequential
+from tensorflow.keras.optimizers import Adam
+from tensorflow.keras.utils import to_categorical
+
+# the 'simplednn_blob' data set: scaled by 100, split 700/300, then preprocessed by x / 100
+X, y = make_blobs(n_samples=1000, centers=3, n_features=2, cluster_std=2, random_state=2)
+X = X * 100
+y = to_categorical(y)
+n_train = 700
+x, x_val = X[:n_train, :] / 100, X[n_train:, :] / 100
+y, y_val = y[:n_train], y[n_train:]
+
+model = Sequential()
+model.add(Dense(50, input_dim=2, activation='relu', kernel_initializer='he_uniform'))
+model.add(Dense(50, activation='relu', kernel_initializer='he_uniform'))
+model.add(Dense(50, activation='relu', kernel_initializer='he_uniform'))
+model.add(Dense(50, activation='relu', kernel_initializer='he_uniform'))
+model.add(Dense(3, activation='relu'))
+
+model.compile(loss='categorical_crossentropy', optimizer=Adam(learning_rate=0.0001), metrics=['accuracy'])
+model.fit(x, y, batch_size=256, validation_data=(x_val, y_val), epochs=150, verbose=0)
+print(model.evaluate(x_val, y_val, verbose=0))
