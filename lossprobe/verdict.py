@@ -54,7 +54,7 @@ class Verdict:
     :meth:`take_critical` -- the probe raises them under ``on_critical="raise"``.
     """
 
-    def __init__(self, collect_critical: bool = False, resolve_steps: int = 60):
+    def __init__(self, collect_critical: bool = False, resolve_steps: int = 40):
         self.collect_critical = collect_critical
         self.resolve_steps = resolve_steps
         self._findings: dict[str, Finding] = {}

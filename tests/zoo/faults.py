@@ -817,7 +817,7 @@ def gru_hidden_too_small(seed, fixed: bool = False):
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
-    for step, (x, y) in zip(range(400), batches(Xtr, Ytr, 64, seed)):
+    for step, (x, y) in zip(range(800), batches(Xtr, Ytr, 64, seed)):
         loss = loss_fn(model(x), y)
         opt.zero_grad(); loss.backward(); opt.step()
     probe.detach()
