@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 import torch.optim.optimizer as _optim_mod
+from torch.amp.grad_scaler import GradScaler
 
 from .base import claim
 from ..capture.eager import EagerCapture, Step
@@ -64,6 +65,17 @@ def _readable(t: torch.Tensor) -> bool:
     return type(t) in (torch.Tensor, nn.Parameter) and t.layout == torch.strided
 
 
+def _remember_unscaled(scale):
+    """``GradScaler.scale(loss)`` while probes are attached: the scaled loss that reaches
+    backward() keeps a reference to the loss itself, which is what is recorded."""
+    def probed_scale(self, outputs):
+        scaled = scale(self, outputs)
+        if isinstance(outputs, torch.Tensor) and isinstance(scaled, torch.Tensor):
+            scaled._lossprobe_unscaled = outputs
+        return scaled
+    return probed_scale
+
+
 class _Hooks:
     """The process-wide hooks every attached torch probe shares; installed with the first
     probe, removed with the last. Roles by module identity: "root" (the probed model),
@@ -75,6 +87,7 @@ class _Hooks:
         self.handles: list[Any] = []
         self.original_backward = None
         self.installed_backward = None
+        self.original_scale = None
 
     def add(self, b: "TorchBackend") -> None:
         if not self.backends:
@@ -85,6 +98,8 @@ class _Hooks:
                             _optim_mod.register_optimizer_step_post_hook(self.opt_post)]
             self.original_backward = torch.autograd.backward
             self.installed_backward = torch.autograd.backward = self.backward
+            self.original_scale = GradScaler.scale
+            GradScaler.scale = _remember_unscaled(GradScaler.scale)
         self.backends.append(b)
         self.roles.setdefault(id(b.model), []).append((b, "root", None))
         for j, m in enumerate(b.act_modules):
@@ -107,6 +122,7 @@ class _Hooks:
             self.handles = []
             if torch.autograd.backward is self.installed_backward:
                 torch.autograd.backward = self.original_backward
+            GradScaler.scale = self.original_scale
 
     # -- dispatch --
     def pre(self, module, args):
@@ -225,11 +241,13 @@ class TorchBackend(EagerCapture):
         _ATTACHED.pop(self.model, None)
 
     def finish(self) -> None:
-        """At detach: a step that ran forward but saw no optimizer.step() still counts."""
+        """At detach: without an optimizer (steps end at the next forward), the last step that
+        ran forward still counts; with one, a forward no optimizer.step() followed is not a
+        step (a GAN's discriminator run for the generator's loss)."""
         cur = self._cur
         if cur is not None and cur.tentative and cur.grads is None:
             self._demote(cur)
-        elif cur is not None and cur.forwards > 0:
+        elif cur is not None and cur.forwards > 0 and self.optimizer is None:
             if cur.grads is None:
                 self._safe("gradients", self._read_grads, cur)
             self._close_step()

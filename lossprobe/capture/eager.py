@@ -34,7 +34,7 @@ class Step(StepValues):
     """One training step while its statistics live on the device."""
 
     __slots__ = ("losses", "forwards", "backwards", "auto_loss", "tentative", "grads", "acts_done",
-                 "targets_done", "outputs_done", "carried")
+                 "targets", "outputs_done", "carried")
 
     def __init__(self, step: int, sampled: bool):
         super().__init__(step, sampled)
@@ -45,7 +45,7 @@ class Step(StepValues):
         self.tentative = False          # an eval-mode forward: training only if optimizer.step() follows
         self.grads: tuple | None = None # the latest gradient read: (index, norms, scale, sentinels)
         self.acts_done: set[int] = set()
-        self.targets_done = False
+        self.targets: list[Any] = []    # target statistics of each loss of the step (a few at most)
         self.outputs_done = False
         self.carried = False
 
@@ -154,7 +154,7 @@ class EagerCapture(CaptureGuard):
         after this, so ``.grad`` still holds what was there before this backward."""
         self._reached = True
         cur = self._cur
-        if cur is not None and cur.sampled and not cur.carried and self._training():
+        if cur is not None and cur.sampled and not cur.carried:  # (grad mode is off inside backward)
             grads = [p.grad for p in self.params if p.grad is not None]
             self._safe("backward", self._record_carried, cur, [g for g in grads if self._grad_readable(g)])
         return None
@@ -172,6 +172,7 @@ class EagerCapture(CaptureGuard):
             self._loss_since_backward = False
             return
         loss = first_tensor(self.ops, tensors)
+        loss = getattr(loss, "_lossprobe_unscaled", loss)   # AMP's loss scaling undone (torch)
         if loss is not None and self.ops.size(loss) == 1 and loss is not self._last_loss:
             self._record_loss(cur, loss, auto=True)
             if not self.facts.knows("loss_kind"):
@@ -201,16 +202,17 @@ class EagerCapture(CaptureGuard):
         axis = 1 if len(self.ops.shape(y)) == 4 else -1
         cur.put(self.columns.span("act", j), stats.activation_stats(self.ops, y, self.layout.kinds[j], axis))
 
+    MAX_TARGETS = 4   # losses per step whose targets are measured
+
     def _record_target(self, cur: Step, y) -> None:
-        if not cur.sampled or cur.targets_done or not self.ops.is_tensor(y) or not self.ops.size(y):
+        if not cur.sampled or len(cur.targets) >= self.MAX_TARGETS or not self.ops.is_tensor(y) or not self.ops.size(y):
             return
-        cur.targets_done = True
         f = self.facts.facts
         shape = self.ops.shape(y)
         classes = f.output_units if f.output_units >= 2 else 0
         one_hot = self.ops.is_float(y) and len(shape) >= 2 and classes >= 2 and shape[-1] == classes \
             and f.loss_kind in ("cross_entropy", "nll")
-        cur.put(self.columns.span("target"), stats.target_stats(self.ops, y, classes, one_hot, as_index=False))
+        cur.targets.append(stats.target_stats(self.ops, y, classes, one_hot, as_index=False))
 
     def _record_loss(self, cur: Step, loss: Any, auto: bool) -> None:
         is_tensor = self.ops.is_tensor(loss)
@@ -277,7 +279,7 @@ class EagerCapture(CaptureGuard):
             cur.put(self.columns.span("param_norm")[self._readable],
                     stats.param_norms(self.ops, [self.params[i] for i in self._readable]))
         self._before = [stats.weight_sample(self.ops, self.params[i], idx)
-                        for i, idx in zip(self.weight_idx, self._upd_index)]
+                        for i, idx in zip(self.weight_idx, self._upd_index)] or None
 
     def _record_updates(self, cur: Step) -> None:
         """After the update: |dW| / |W| on the samples of :meth:`_snapshot`."""
@@ -362,6 +364,8 @@ class EagerCapture(CaptureGuard):
         validation losses on the device go into the flush's one copy."""
         col, grad_col = self.columns.span("loss"), self.columns.span("grad")
         for s in steps:
+            if s.targets:
+                s.put(self.columns.span("target"), stats.combine_targets(self.ops, s.targets))
             if s.grads is not None:
                 index, norms, scale, sentinels = s.grads
                 s.host(grad_col, sentinels)

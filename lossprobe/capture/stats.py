@@ -72,6 +72,19 @@ def target_stats(ops, y, classes: int, one_hot: bool, as_index: bool):
                       ops.full(1.0 if is_index else 0.0, yf), ops.frac(yf != ops.floor(yf)), batch])
 
 
+def combine_targets(ops, vectors: Sequence):
+    """One step's target statistics from those of its several losses (a GAN discriminator's
+    real and fake batches): the range over all, the pooled mean and std, the first batch."""
+    if len(vectors) == 1:
+        return vectors[0]
+    cols = [[v[k] for v in vectors] for k in range(8)]
+    means = ops.stack(cols[2])
+    pooled_std = ops.sqrt(ops.mean(ops.stack(cols[3]) ** 2) + ops.mean((means - ops.mean(means)) ** 2))
+    return ops.stack([ops.amin(ops.stack(cols[0])), ops.amax(ops.stack(cols[1])), ops.mean(means), pooled_std,
+                      ops.amax(ops.stack(cols[4])), ops.amax(ops.stack(cols[5])), ops.mean(ops.stack(cols[6])),
+                      cols[7][0]])
+
+
 def activation_stats(ops, y, kind: str, channel_axis: int = -1):
     """[dead share, saturated share, std] of a watched activation's output.
 
