@@ -223,6 +223,7 @@ class PaddleBackend(EagerCapture):
         self.optimizer = optimizer
         self.mode = "forward"          # what closes a step: "hapi" | "optimizer" | "forward"
         self._handles: list[Any] = []
+        self._producer_hooks: list[Any] = []
         self._linked: Any = None       # the paddle.Model whose train_batch is wrapped
         self._hooked_loss: Any = None  # the loss callable whose calls are captured
         self._opt_depth = 0
@@ -245,6 +246,9 @@ class PaddleBackend(EagerCapture):
             h.append(m.register_forward_post_hook(_Hook(self._loss_layer_hook)))
         for i, p in enumerate(self.params):
             h.append(p.register_hook(self._make_grad_hook(i)))
+        # until the layer that makes the model output is known (the first sampled step)
+        self._producer_hooks = [m.register_forward_post_hook(_Hook(self._make_producer_hook(name)))
+                                for name, m in self.net.named_sublayers()]
         _Backward.add(self)
         if self.hapi is not None:
             self._link(self.hapi)
@@ -253,7 +257,7 @@ class PaddleBackend(EagerCapture):
 
     def detach(self) -> None:
         _Backward.remove(self)
-        for handle in self._handles:
+        for handle in self._handles + self._producer_hooks:
             try:
                 handle.remove()
             except Exception:
@@ -435,7 +439,18 @@ class PaddleBackend(EagerCapture):
         if cur is None or not self._training() or not _eager(out):
             return None
         self._safe("outputs", self._model_output, cur, output)
+        if self._producer_hooks and self.facts.knows("output_layer"):
+            for handle in self._producer_hooks:
+                handle.remove()
+            self._producer_hooks = []
         return None
+
+    def _make_producer_hook(self, name: str):
+        def hook(layer, inputs, output):
+            if self._cur is not None and self._cur.sampled and isinstance(output, paddle.Tensor):
+                self._note_producer(output, name)
+            return None
+        return hook
 
     def _make_act_hook(self, j: int):
         def hook(layer, inputs, output):

@@ -387,7 +387,11 @@ class KerasBackend(CaptureGuard):
             self.buf = tf.Variable(tf.fill([self.R, self.K], math.nan), trainable=False, name="lossprobe_ring")
             self.step_var = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="lossprobe_step")
             self.shadow = tf.Variable(tf.zeros([max(1, self._shadow_len)]), trainable=False, name="lossprobe_shadow")
+            self.shadow_norms = tf.Variable(tf.zeros([max(1, self.layout.n_params)]), trainable=False,
+                                            name="lossprobe_shadow_norms")
             self.shadow_step = tf.Variable(tf.constant(-1, tf.int64), trainable=False, name="lossprobe_shadow_step")
+        if tf.executing_eagerly():   # step 0 is sampled: the weights before its update are these (armed
+            self._safe("updates", self._snap, 0)   # while tracing an unbuilt model's step: not readable yet)
         self._observe_fn = tf.function(self._observe_graph, reduce_retracing=True)
         self._observe_opt = None
         self._armed = True
@@ -506,6 +510,8 @@ class KerasBackend(CaptureGuard):
             if active:
                 variables = list(trainable_variables) if trainable_variables is not None else \
                     list(getattr(opt, "_trainable_variables", []))
+                held = {id(v) for v in variables}
+                self.facts.learn(in_optimizer=tuple(id(v) in held for v in self._vars))
                 self._safe("gradients", self._grad_stats, grads, variables, opt, True)
             out = orig(grads, trainable_variables)
             if active:
@@ -734,18 +740,27 @@ class KerasBackend(CaptureGuard):
         """End of a training step (in-graph): parameter norms and update ratios on sampled
         steps, the pre-step snapshot for the next sampled step, step += 1, clear the next row."""
         if "updates" not in self._disabled:
-            self._put_sampled("param_norm", lambda: stats.param_norms(self.ops, [_value(v) for v in self._vars]))
+            self._put_sampled("param_norm", self._sampled_norms)
             self._put_sampled("update", self._sampled_updates)
         self._safe("emit", self._emit, bool(self._in_train_step))
-
-        def snap():  # copy the weight samples before a sampled step's update
-            self.shadow.assign(tf.concat(self._samples(), 0) if self._plan else tf.zeros([1]))
-            self.shadow_step.assign(self.step_var + 1)
-            return tf.constant(0)
-        self._safe("updates", lambda: tf.cond(self._sampled(1), snap, lambda: tf.constant(0)))
+        # before a sampled step's update: its parameter norms and weight samples
+        self._safe("updates", lambda: tf.cond(self._sampled(1), lambda: self._snap(self.step_var + 1),
+                                              lambda: tf.constant(0)))
         self.step_var.assign_add(1)
         if not self._in_train_step:  # custom loop: the next forward writes part of a row
             self.buf.scatter_update(tf.IndexedSlices(tf.fill([1, self.K], math.nan), self._row()[None]))
+
+    def _snap(self, step):
+        """Copy the parameter norms and the weight samples; they belong to sampled step ``step``."""
+        self.shadow.assign(tf.concat(self._samples(), 0) if self._plan else tf.zeros([1]))
+        self.shadow_norms.assign(stats.param_norms(self.ops, [_value(v) for v in self._vars]))
+        self.shadow_step.assign(tf.cast(step, tf.int64))
+        return tf.constant(0)
+
+    def _sampled_norms(self):
+        """The parameter norms before this step's update (nan where the snapshot is not this step's)."""
+        valid = tf.equal(self.shadow_step, self.step_var)
+        return tf.where(valid, self.shadow_norms[:self.layout.n_params], math.nan)
 
     def _sampled_updates(self):
         """|dW| / |W| per weight tensor on its sample (nan where the snapshot is not this step's)."""

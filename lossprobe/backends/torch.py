@@ -142,7 +142,7 @@ class _Hooks:
             elif role == "act":
                 b._guarded("activations", b._act_post, arg, output)
             elif b._cur is not None and b._cur.sampled and isinstance(output, torch.Tensor):
-                b._producer[id(output)] = arg   # which layer made the model's output
+                b._note_producer(output, arg)   # which layer made the model's output
         if isinstance(module, nn.modules.loss._Loss):
             for b in self.backends:
                 b._guarded("loss", b._loss_module, module, args, output)

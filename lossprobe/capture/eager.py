@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from typing import Any, Sequence
 
 import numpy as np
@@ -89,7 +90,7 @@ class EagerCapture(CaptureGuard):
         self._last_loss: Any = None
         self._disabled: set[str] = set()
         self._act_out: dict[int, int] = {}    # id(output tensor) -> activation index (this forward)
-        self._producer: dict[int, str] = {}   # id(output tensor) -> the layer that made it (sampled steps)
+        self._producer: dict[int, tuple] = {} # id(output tensor) -> (weakref, the layer that made it), sampled steps
         self._reached = False                 # a backward reached this model's output
         self._loss_since_backward = False     # a loss hook / observe() gave the coming backward's loss
 
@@ -143,11 +144,21 @@ class EagerCapture(CaptureGuard):
             self.facts.learn(output_units=int(shape[-1]) if shape else 1,
                              output_activation=output_activation(out.grad_fn, self._node_inputs) or f.output_activation,
                              output_activation_index=self._act_out.get(id(out), -1),
-                             output_layer=self._producer.get(id(out), f.output_layer))
+                             output_layer=self._producer_of(out) or f.output_layer)
             self._producer.clear()
         if cur.sampled and not cur.outputs_done:
             cur.outputs_done = True
             cur.put(self.columns.span("output"), stats.output_stats(self.ops, out))
+
+    def _note_producer(self, output, name: str) -> None:
+        """Layer ``name`` made ``output`` (the innermost such layer is kept)."""
+        ref, _ = self._producer.get(id(output), (None, ""))
+        if ref is None or ref() is not output:
+            self._producer[id(output)] = (weakref.ref(output), name)
+
+    def _producer_of(self, out) -> str:
+        ref, name = self._producer.get(id(out), (None, ""))
+        return name if ref is not None and ref() is out else ""
 
     def _output_reached(self, grad):
         """Backward has come to the model's output: the parameters' gradients are accumulated

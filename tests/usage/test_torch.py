@@ -11,11 +11,9 @@ Hugging Face-style output objects.
 from __future__ import annotations
 
 import copy
-import io
 import os
 import pickle
 import socket
-import sys
 import warnings
 from dataclasses import dataclass
 
