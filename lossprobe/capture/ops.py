@@ -177,7 +177,9 @@ class TorchOps(Ops):
         return t.reshape(-1).long().clamp(0, classes - 1)
 
     def distinct(self, idx, classes):
-        return (self.torch.bincount(idx, minlength=classes) > 0).sum().float()
+        # scatter_add, not bincount: bincount reads the largest index on the host (a GPU sync)
+        counts = self.torch.zeros(classes, device=idx.device).scatter_add_(0, idx, self.torch.ones_like(idx, dtype=self.torch.float))
+        return (counts > 0).sum().float()
 
     def count_nonfinite(self, t):
         return (~self.torch.isfinite(t)).sum().float()
@@ -307,7 +309,10 @@ class PaddleOps(Ops):
         return [self.paddle.sqrt(self.paddle.square(self.f32(t)).sum()) for t in tensors]
 
     def gather(self, flat, index):
-        return self.paddle.gather(flat, self.paddle.to_tensor(index))
+        cache = self.__dict__.setdefault("_idx", {})
+        if id(index) not in cache:   # the sample indices are fixed for a run: copied to the device once
+            cache[id(index)] = (index, self.paddle.to_tensor(index))
+        return self.paddle.gather(flat, cache[id(index)][1])
 
     def to_host(self, t):
         return t.numpy()
