@@ -187,6 +187,7 @@ class StepRecord:
     logit_std: float = NAN
     output_mean: float = NAN
     softmax_saturation: float = NAN       # share of rows whose top-1 minus runner-up logit is >= -ln(fp32 tiny)
+    softmax_underflow: float = NAN        # share of rows whose top-1 minus lowest logit is >= -ln(fp32 tiny)
     prob_rows: float = NAN                # share of rows that already look like probabilities
     output_nonfinite: float = NAN         # count of NaN/Inf in outputs
     # inputs
@@ -229,7 +230,7 @@ class StepRecord:
 
 SCALAR_FIELDS = (
     "loss", "loss_seen", "lr", "grad_norm", "grad_carried", "logit_abs_max", "logit_std", "output_mean",
-    "softmax_saturation", "prob_rows", "output_nonfinite", "input_abs_max", "input_mean", "input_std",
+    "softmax_saturation", "softmax_underflow", "prob_rows", "output_nonfinite", "input_abs_max", "input_mean", "input_std",
     "input_nonfinite", "target_min", "target_max", "target_mean", "target_std", "target_distinct",
     "target_is_index", "target_fractional", "batch_size", "bn_eval_in_train",
 )

@@ -75,3 +75,42 @@ def output_activation(node, inputs) -> str:
         nxt = [n for n in inputs(node) if n is not None]
         node = nxt[0] if nxt else None
     return ""
+
+
+# loss nodes by normalised op name -> (loss kind, functional name); NLL is cross-entropy
+# when it reads a log-softmax (F.cross_entropy is log_softmax then nll_loss)
+_LOSS_NODES = {
+    "nllloss": ("nll", "F.nll_loss"), "nllloss2d": ("nll", "F.nll_loss"),
+    "crossentropywithsoftmax": ("cross_entropy", "F.cross_entropy"),
+    "binarycrossentropywithlogits": ("bce_logits", "F.binary_cross_entropy_with_logits"),
+    "sigmoidcrossentropywithlogits": ("bce_logits", "F.binary_cross_entropy_with_logits"),
+    "binarycrossentropy": ("bce", "F.binary_cross_entropy"), "bceloss": ("bce", "F.binary_cross_entropy"),
+    "mseloss": ("mse", "F.mse_loss"), "l1loss": ("mse", "F.l1_loss"), "smoothl1loss": ("mse", "F.smooth_l1_loss"),
+    "huberloss": ("mse", "F.huber_loss"),
+}
+# reductions and arithmetic a hand-written loss puts on top: looked through
+_REDUCTIONS = {"mean", "meanall", "sum", "div", "mul", "scale", "add", "sub", "neg", "squeeze", "view", "reshape",
+               "select", "index", "clone", "tocopy", "cast"}
+
+
+def loss_from_graph(node, inputs, depth: int = 6) -> dict:
+    """Facts about a loss from its autograd graph (a functional loss, or one averaged by
+    hand): {"loss_kind", "loss_name", "loss_from_logits"}; {} when not recognised."""
+    todo = [(node, 0)]
+    while todo:
+        node, d = todo.pop(0)
+        if node is None or d > depth:
+            continue
+        op = node_op(node.name())
+        if op in _LOSS_NODES:
+            kind, name = _LOSS_NODES[op]
+            if kind == "nll":
+                below = [node_op(n.name()) for n in inputs(node) if n is not None]
+                if "logsoftmax" in below:
+                    kind, name = "cross_entropy", "F.cross_entropy"
+            return {"loss_kind": kind, "loss_name": name,
+                    "loss_from_logits": {"cross_entropy": True, "bce_logits": True, "nll": False,
+                                         "bce": False}.get(kind)}
+        if op in _REDUCTIONS:
+            todo.extend((n, d + 1) for n in inputs(node))
+    return {}
