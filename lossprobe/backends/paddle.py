@@ -47,7 +47,7 @@ from paddle import nn
 
 from .base import claim
 from ..capture.eager import EagerCapture, Step
-from ..capture.facts import FactSheet
+from ..capture.facts import FactSheet, output_activation
 from ..capture.ops import first_tensor, ops_for
 from ..record import Layout
 
@@ -326,6 +326,7 @@ class PaddleBackend(EagerCapture):
 
         def make_fit(orig):
             def fit(*args, **kwargs):
+                self._safe("epochs", self._learn_epoch_length, args, kwargs)
                 try:
                     return orig(*args, **kwargs)
                 finally:
@@ -334,6 +335,20 @@ class PaddleBackend(EagerCapture):
 
         self._patch(hm, "train_batch", make_train)
         self._patch(hm, "fit", make_fit)
+
+    def _learn_epoch_length(self, args, kwargs) -> None:
+        """Steps per epoch of ``Model.fit(train_data, eval_data, batch_size, ...)``: a
+        DataLoader's length, or a dataset's length over the batch size (drop_last honoured)."""
+        data = kwargs.get("train_data", args[0] if args else None)
+        batch = int(kwargs.get("batch_size", args[2] if len(args) > 2 else 1) or 1)
+        if data is None or not hasattr(data, "__len__"):
+            return
+        if isinstance(data, paddle.io.DataLoader):
+            steps = len(data)
+        else:
+            steps = len(data) // batch if kwargs.get("drop_last", False) else -(-len(data) // batch)
+        if steps >= 2:
+            self.facts.learn(steps_per_epoch=int(steps))
 
     def _bind_hapi_parts(self, hm: Any) -> None:
         loss = getattr(hm, "_loss", None)
@@ -487,8 +502,10 @@ class PaddleBackend(EagerCapture):
         pred = inputs[0] if len(inputs) >= 1 else None
         if not self.facts.knows("output_units") and isinstance(pred, paddle.Tensor) and len(pred.shape) >= 2:
             self.facts.learn(output_units=int(pred.shape[-1]))  # a loss inside forward runs before the root's output
-        self._loss_output(self._loss_step(), output, _loss_facts(layer) if layer is not None else {},
-                          inputs[1] if len(inputs) >= 2 else None)
+        facts = _loss_facts(layer) if layer is not None else {}
+        if isinstance(pred, paddle.Tensor) and getattr(pred, "grad_fn", None) is not None:
+            facts["loss_input_activation"] = output_activation(pred.grad_fn, self._node_inputs)
+        self._loss_output(self._loss_step(), output, facts, inputs[1] if len(inputs) >= 2 else None)
 
     def _backward_done(self, cur: Step) -> None:
         if self._opt_wrapped is None:

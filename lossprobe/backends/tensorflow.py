@@ -187,7 +187,7 @@ class _FitCallback(keras.callbacks.Callback):
         self._backend = backend
 
     def on_train_begin(self, logs=None):
-        self._backend._host("fit begin", self._backend._fit_begin)
+        self._backend._host("fit begin", self._backend._fit_begin, self.params or {})
 
     def on_epoch_begin(self, epoch, logs=None):
         self._backend._host("epoch begin", self._backend._epoch_begin)
@@ -549,9 +549,12 @@ class KerasBackend(CaptureGuard):
         return _FitCallback(self)
 
     # -- host side of fit ------------------------------------------------------------------
-    def _fit_begin(self) -> None:
+    def _fit_begin(self, params: dict) -> None:
         m = self.model
         self._in_fit = True
+        steps = params.get("steps")
+        if isinstance(steps, int) and steps >= 2:
+            self.facts.learn(steps_per_epoch=steps)   # epochs make the loss curve's natural scale
         if getattr(m, "optimizer", None) is not None:
             if self.optimizer is not m.optimizer:
                 self.optimizer = m.optimizer
@@ -647,6 +650,7 @@ class KerasBackend(CaptureGuard):
         x = first_tensor(self.ops, (args, kwargs))
         if x is None or not self.ops.is_float(x):
             return
+        self._put("batch", self.ops.dim0(x))
         self._put("input_nonfinite", stats.input_nonfinite(self.ops, x))
         self._put_sampled("input", lambda: stats.input_stats(self.ops, x))
 

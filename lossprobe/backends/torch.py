@@ -37,7 +37,7 @@ from torch.amp.grad_scaler import GradScaler
 
 from .base import claim
 from ..capture.eager import EagerCapture, Step
-from ..capture.facts import FactSheet
+from ..capture.facts import FactSheet, output_activation
 from ..capture.ops import first_tensor, ops_for
 from ..record import Flush, Layout
 
@@ -337,9 +337,13 @@ class TorchBackend(EagerCapture):
             self.validation_losses_seen += 1
             return
         kind = _kind_of(module, _LOSS_KINDS) or ""
-        self._loss_output(self._current(), output, {"loss_kind": kind, "loss_name": type(module).__name__,
-                                                    "loss_from_logits": _FROM_LOGITS.get(kind)},
-                          args[1] if len(args) >= 2 else None)
+        facts = {"loss_kind": kind, "loss_name": type(module).__name__, "loss_from_logits": _FROM_LOGITS.get(kind)}
+        received = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        if received is not None:
+            facts["loss_input_activation"] = output_activation(received.grad_fn, self._node_inputs)
+            if kind in ("cross_entropy", "nll") and received.dim() >= 2:
+                facts["n_classes"] = int(received.shape[1])   # torch's class dimension: (N, C, ...)
+        self._loss_output(self._current(), output, facts, args[1] if len(args) >= 2 else None)
 
     def _is_our_output(self, t) -> bool:
         """Is ``t`` this model's last output, or a view of it (``out.view(-1)``, ``out[:, 0]``)?"""

@@ -121,6 +121,8 @@ class EagerCapture(CaptureGuard):
         if x is None or not self.ops.is_float(x) or not self.ops.size(x):
             return
         c = self.columns
+        shape = self.ops.shape(x)
+        cur.host(c.span("batch"), [float(shape[0]) if shape else 1.0])   # a host int: no device read
         cur.put(c.span("input_nonfinite"), stats.input_nonfinite(self.ops, x))
         if cur.sampled:
             cur.put(c.span("input"), stats.input_stats(self.ops, x))

@@ -54,6 +54,8 @@ _STATS = (
     # count of NaN/Inf values in the batch's inputs
     Stat("input_nonfinite", (("input_nonfinite", SUM),), EVERY),
     Stat("input", (("input_abs_max", MAX), ("input_mean", MEAN), ("input_std", MEAN)), SAMPLED),
+    # the batch's first dimension (known on the host; noise at each batch's size, epoch ends)
+    Stat("batch", (("batch_size", SUM),), EVERY),
     # the model output ("logits"); saturation: share of rows whose top-1 minus runner-up is
     # >= SATURATION_MARGIN (softmax exactly one-hot); underflow: top-1 minus the lowest is (some
     # class exactly 0); prob_rows: share of rows in [0, 1] summing to 1 (within PROB_TOLERANCE)
@@ -62,8 +64,7 @@ _STATS = (
                     ("output_nonfinite", SUM)), SAMPLED),
     # targets (class indices when a one-hot target feeds a classification loss)
     Stat("target", (("target_min", MIN), ("target_max", MAX), ("target_mean", MEAN), ("target_std", MEAN),
-                    ("target_distinct", MAX), ("target_is_index", MAX), ("target_fractional", MEAN),
-                    ("batch_size", SUM)), SAMPLED),
+                    ("target_distinct", MAX), ("target_is_index", MAX), ("target_fractional", MEAN)), SAMPLED),
     # per-parameter L2 gradient norm (sentinels: MISSING = no gradient, UNMEASURED = unreadable)
     Stat("grad", (("param_grad_norms", LOCAL),), EVERY, PER_PARAM),
     # |gradient already in .grad at the step's first backward|; decoded relative to grad_norm
@@ -90,11 +91,17 @@ ACT_SAMPLE = 65536         # activation values read for saturation and scale (st
 MISSING, UNMEASURED = -1.0, -2.0   # gradient-norm sentinels (norms are >= 0 or nan)
 
 
+EARLY_STEPS = 3
+"""The first steps are all sampled: a short run (a few dozen steps) or one that breaks at
+once (a learning rate that blows up in two steps) still gets its set-up checks."""
+
+
 def is_sampled(step, every):
-    """Step ``step`` is sampled: one step in each block of ``every``, at offset block % every
-    (0, 11, 22, ... for every=10) -- a fixed phase would alias with periodic pipelines
-    (alternating shards or tasks). Works on Python ints and on framework integer tensors."""
-    return step % every == (step // every) % every
+    """Step ``step`` is sampled: each of the first EARLY_STEPS, then one step in each block
+    of ``every``, at offset block % every (0, 11, 22, ... for every=10) -- a fixed phase
+    would alias with periodic pipelines (alternating shards or tasks). Works on Python ints
+    and on framework integer tensors."""
+    return (step < EARLY_STEPS) | (step % every == (step // every) % every)
 
 
 def update_sample_index(size: int, seed: int = 0) -> np.ndarray | None:

@@ -52,12 +52,11 @@ def output_stats(ops, y):
 
 
 def target_stats(ops, y, classes: int, one_hot: bool, as_index: bool):
-    """[min, max, mean, std, distinct classes, is index, fractional share, batch] of targets.
+    """[min, max, mean, std, distinct classes, is index, fractional share] of targets.
 
     ``one_hot``: rows of class scores for a classification loss, read as their argmax
     class. ``as_index``: float targets that a class-index loss takes as classes (Keras'
     sparse cross-entropy); integer targets always are. ``classes``: the output width."""
-    batch = ops.dim0(y)
     if one_hot:
         yf = ops.f32(ops.argmax(ops.f32(y), -1))
         is_index = True
@@ -69,20 +68,19 @@ def target_stats(ops, y, classes: int, one_hot: bool, as_index: bool):
     else:
         distinct = ops.nan(yf)
     return ops.stack([ops.amin(yf), ops.amax(yf), ops.mean(yf), ops.std(yf), distinct,
-                      ops.full(1.0 if is_index else 0.0, yf), ops.frac(yf != ops.floor(yf)), batch])
+                      ops.full(1.0 if is_index else 0.0, yf), ops.frac(yf != ops.floor(yf))])
 
 
 def combine_targets(ops, vectors: Sequence):
     """One step's target statistics from those of its several losses (a GAN discriminator's
-    real and fake batches): the range over all, the pooled mean and std, the first batch."""
+    real and fake batches): the range over all, the pooled mean and std."""
     if len(vectors) == 1:
         return vectors[0]
-    cols = [[v[k] for v in vectors] for k in range(8)]
+    cols = [[v[k] for v in vectors] for k in range(7)]
     means = ops.stack(cols[2])
     pooled_std = ops.sqrt(ops.mean(ops.stack(cols[3]) ** 2) + ops.mean((means - ops.mean(means)) ** 2))
     return ops.stack([ops.amin(ops.stack(cols[0])), ops.amax(ops.stack(cols[1])), ops.mean(means), pooled_std,
-                      ops.amax(ops.stack(cols[4])), ops.amax(ops.stack(cols[5])), ops.mean(ops.stack(cols[6])),
-                      cols[7][0]])
+                      ops.amax(ops.stack(cols[4])), ops.amax(ops.stack(cols[5])), ops.mean(ops.stack(cols[6]))])
 
 
 def activation_stats(ops, y, kind: str, channel_axis: int = -1):
