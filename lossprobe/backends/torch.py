@@ -14,7 +14,7 @@ are shared by every attached torch probe (:class:`_Hooks`) and dispatch by ident
   ``backward()`` through this model's output is its loss however it was computed
   (functional, ``reduction="none"`` averaged by hand, an expression of the output), unless
   a module loss or ``observe()`` already gave it; and, on sampled steps, the gradient
-  already sitting in ``.grad`` at the step's first backward (``grad_carried``);
+  already sitting in ``.grad`` before each backward (``grad_carried``: the smallest);
 * global optimizer step hooks: gradient norms (``torch._foreach_norm``) and the step
   boundary (a pending ``TrainingHealthError`` is raised here); with a closure
   (LBFGS, Lightning) the gradients are read again when it returns.

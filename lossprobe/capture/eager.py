@@ -35,7 +35,7 @@ class Step(StepValues):
     """One training step while its statistics live on the device."""
 
     __slots__ = ("losses", "forwards", "backwards", "auto_loss", "tentative", "grads", "acts_done",
-                 "targets", "outputs_done", "carried")
+                 "targets", "outputs_done", "carried", "clean_start")
 
     def __init__(self, step: int, sampled: bool):
         super().__init__(step, sampled)
@@ -48,7 +48,8 @@ class Step(StepValues):
         self.acts_done: set[int] = set()
         self.targets: list[Any] = []    # target statistics of each loss of the step (a few at most)
         self.outputs_done = False
-        self.carried = False
+        self.carried: list[Any] = []    # |.grad| found before each backward of a sampled step
+        self.clean_start = False        # some backward of the step started from cleared gradients
 
 
 class EagerCapture(CaptureGuard):
@@ -167,7 +168,7 @@ class EagerCapture(CaptureGuard):
         after this, so ``.grad`` still holds what was there before this backward."""
         self._reached = True
         cur = self._cur
-        if cur is not None and cur.sampled and not cur.carried:  # (grad mode is off inside backward)
+        if cur is not None and cur.sampled and not cur.clean_start:  # (grad mode is off inside backward)
             grads = [p.grad for p in self.params if p.grad is not None]
             self._safe("backward", self._record_carried, cur, [g for g in grads if self._grad_readable(g)])
         return None
@@ -275,16 +276,18 @@ class EagerCapture(CaptureGuard):
             cur.host(self.columns.span("bn_eval"), [float(sum(1 for m in layers if not m.training))])
 
     def _record_carried(self, cur: Step, grads: list) -> None:
-        """At the step's first backward: the norm of the gradient already sitting in ``.grad``
-        (non-zero when the loop never clears gradients between optimizer steps)."""
-        if not cur.sampled or cur.carried:
+        """Before each backward of a sampled step that reaches the model: the norm of the
+        gradient already sitting in ``.grad``. The step keeps the smallest (decoded relative
+        to the step's gradient): 0 when some backward of the step started from cleared
+        gradients, ~1 when none did -- a loop without ``zero_grad()`` adds each step's gradient
+        to all the ones before. A GAN's generator backward runs through the discriminator
+        after the discriminator's step, but the discriminator's own backward starts clean."""
+        if not cur.sampled or cur.clean_start:
             return
-        cur.carried = True
-        col = self.columns.span("carried")
-        if grads:
-            cur.put(col, self.ops.sqrt(stats.squared_norm(self.ops, grads)))
-        else:
-            cur.host(col, [0.0])
+        if not grads:
+            cur.clean_start, cur.carried = True, []
+            return
+        cur.carried.append(self.ops.sqrt(stats.squared_norm(self.ops, grads)))
 
     def _snapshot(self, cur: Step) -> None:
         """Before a sampled step's update: parameter norms and the weight samples."""
@@ -376,7 +379,12 @@ class EagerCapture(CaptureGuard):
         """Each step's loss (the mean of its losses) and gradient norms into its row;
         validation losses on the device go into the flush's one copy."""
         col, grad_col = self.columns.span("loss"), self.columns.span("grad")
+        carried_col = self.columns.span("carried")
         for s in steps:
+            if s.clean_start:
+                s.host(carried_col, [0.0])
+            elif s.carried:
+                s.put(carried_col, s.carried[0] if len(s.carried) == 1 else self.ops.amin(self.ops.stack(s.carried)))
             if s.targets:
                 s.put(self.columns.span("target"), stats.combine_targets(self.ops, s.targets))
             if s.grads is not None:
