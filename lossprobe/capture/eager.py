@@ -169,7 +169,11 @@ class EagerCapture(CaptureGuard):
         self._reached = True
         cur = self._cur
         if cur is not None and cur.sampled and not cur.clean_start:  # (grad mode is off inside backward)
-            grads = [p.grad for p in self.params if p.grad is not None]
+            # only what the optimizer steps: a parameter it does not hold keeps its gradient by
+            # design (zero_grad clears the optimizer's parameters), and frozen_parameters names it
+            held = self.facts.facts.in_optimizer
+            params = self.params if held is None else [p for p, h in zip(self.params, held) if h]
+            grads = [p.grad for p in params if p.grad is not None]
             self._safe("backward", self._record_carried, cur, [g for g in grads if self._grad_readable(g)])
         return None
 

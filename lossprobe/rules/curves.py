@@ -84,11 +84,16 @@ def epoch_means(h) -> np.ndarray:
     return np.asarray(out)
 
 
+# An epoch mean this much (relative) below the one before is learning at epoch scale; a loss
+# frozen by a vanishing learning rate still drifts down by ~1e-5 of itself an epoch.
+EPOCH_FALL = 0.005
+
+
 def epochs_falling(h) -> bool:
-    """At least three epoch means, and the last one below the one before: learning at epoch
-    scale, whatever a window of mini-batch losses suggests."""
+    """At least three epoch means, and the last one at least ``EPOCH_FALL`` (0.5%) below the
+    one before: learning at epoch scale, whatever a window of mini-batch losses suggests."""
     m = epoch_means(h)
-    return m.size >= 3 and m[-1] < m[-2]
+    return m.size >= 3 and m[-2] - m[-1] >= EPOCH_FALL * abs(m[-2])
 
 
 def block_z(t: np.ndarray, y: np.ndarray, blocks: int = 10) -> float:
