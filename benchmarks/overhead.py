@@ -2,8 +2,11 @@
 
 Configurations run interleaved (A B C ... A B C ...) in blocks on the same model and data;
 each block's time per step is measured after warm-up and the median over blocks is taken,
-so drift on the machine hits every configuration alike. Printed at the end, one line per
-configuration: ``name ratio=R`` (step time / un-probed step time).
+so drift on the machine hits every configuration alike; a ratio is taken within each block and
+the blocks' ratios give the median and the interquartile range (``_ratio.Paired``). Wall time
+and process CPU time (every thread: the probe's worker too) are both measured. Printed at the
+end, one line per configuration:
+``name ratio=R iqr=Q1-Q3 cpu_ratio=C`` (step time / un-probed step time in the same block).
 
     python benchmarks/overhead.py                 # PyTorch MLP + CNN (+ Keras, Paddle if installed)
     python benchmarks/overhead.py --quick         # fewer blocks
@@ -24,6 +27,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _ratio import Paired  # noqa: E402
 
 
 # ---------------------------------------------------------------------- torch
@@ -95,7 +101,7 @@ def torch_configs(sync_debug: bool, with_wandb: bool = True):
     return configs
 
 
-def bench_torch(args) -> dict[str, float]:
+def bench_torch(args) -> dict[str, dict]:
     import torch
     from torch import nn
     torch.set_num_threads(1)
@@ -105,8 +111,12 @@ def bench_torch(args) -> dict[str, float]:
         configs = torch_configs(sync_debug=device.startswith("cuda"), with_wandb=not args.no_wandb)
         loss_fn = nn.CrossEntropyLoss()
         times: dict[str, list[float]] = {c: [] for c in configs}
+        cpu: dict[str, list[float]] = {c: [] for c in configs}
+        names = list(configs)
         for block in range(args.blocks):
-            for cname, ctx in configs.items():
+            k = block % len(names)
+            for cname in names[k:] + names[:k]:  # rotate: no configuration always goes first
+                ctx = configs[cname]
                 torch.manual_seed(0)
                 model = make()
                 opt = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -115,7 +125,7 @@ def bench_torch(args) -> dict[str, float]:
                         if i == args.warmup:
                             if device.startswith("cuda"):
                                 torch.cuda.synchronize()
-                            t0 = time.perf_counter()
+                            t0, c0 = time.perf_counter(), time.process_time()
                         loss = loss_fn(model(x), y)
                         opt.zero_grad()
                         loss.backward()
@@ -123,12 +133,14 @@ def bench_torch(args) -> dict[str, float]:
                     if device.startswith("cuda"):
                         torch.cuda.synchronize()
                     times[cname].append((time.perf_counter() - t0) / args.steps)
+                    cpu[cname].append((time.process_time() - c0) / args.steps)
         base = statistics.median(times["plain"])
-        print(f"\n[torch {mname} on {device}] plain step = {base * 1e3:.3f} ms")
+        print(f"\n[torch {mname} on {device}] plain step = {base * 1e3:.3f} ms, {args.blocks} blocks x {args.steps} steps")
         for cname, ts in times.items():
-            med = statistics.median(ts)
-            print(f"  {cname:<24} {med * 1e3:8.3f} ms/step  ratio {med / base:.3f}")
-            results[f"torch-{mname}-{cname}"] = med / base
+            r, c = Paired.of(ts, times["plain"]), Paired.of(cpu[cname], cpu["plain"])
+            print(f"  {cname:<24} {statistics.median(ts) * 1e3:8.3f} ms/step  ratio {r}  cpu {c.median:.3f}")
+            if cname != "plain":
+                results[f"torch-{mname}-{cname}"] = {**r.as_dict(), "cpu_ratio": c.median}
         every, watch = times["lossprobe-every-signal"], times.get("wandb.watch-all")
         if watch:
             added_probe = statistics.median(every) - base
@@ -138,7 +150,7 @@ def bench_torch(args) -> dict[str, float]:
     return results
 
 
-def bench_history_memory() -> dict[str, float]:
+def bench_history_memory() -> dict[str, dict]:
     """History bytes after 1k and 100k flushed records of a tiny layout: must be equal."""
     import numpy as np
     from lossprobe.history import History
@@ -154,16 +166,17 @@ def bench_history_memory() -> dict[str, float]:
         if step + 1 in (1_000, 100_000):
             sizes[step + 1] = h.nbytes()
     print(f"\n[history memory] after 1k steps: {sizes[1000]} B, after 100k steps: {sizes[100000]} B")
-    return {"history-bytes-100k-over-1k": sizes[100000] / sizes[1000]}
+    grow = sizes[100000] / sizes[1000]
+    return {"history-bytes-100k-over-1k": {"ratio": grow, "q1": grow, "q3": grow, "blocks": 1}}
 
 
-def bench_subprocess(framework: str, args) -> dict[str, float]:
+def bench_subprocess(framework: str, args) -> dict[str, dict]:
     """Keras and Paddle run in their own processes (TensorFlow then Paddle segfaults)."""
     script = HERE / f"overhead_{framework}.py"
     if not script.exists():
         print(f"\n[{framework}] skipped: {script.name} not present")
         return {}
-    out = subprocess.run([sys.executable, str(script), "--blocks", str(args.blocks)],
+    out = subprocess.run([sys.executable, str(script), "--blocks", str(args.blocks), "--steps", str(args.steps)],
                          capture_output=True, text=True)
     print(out.stdout, end="")
     if out.returncode != 0:
@@ -188,7 +201,7 @@ def main() -> int:
         args.blocks, args.steps = 3, 100
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_MODE", "offline")
-    results: dict[str, float] = {}
+    results: dict[str, dict] = {}
     fws = args.frameworks.split(",")
     if "torch" in fws:
         results.update(bench_torch(args))
@@ -196,9 +209,10 @@ def main() -> int:
     for fw in ("keras", "paddle"):
         if fw in fws:
             results.update(bench_subprocess(fw, args))
-    print("\n# ratios (step time / un-probed step time)")
+    print("\n# ratios (step time / un-probed step time in the same block; median, interquartile range)")
     for name, r in results.items():
-        print(f"{name} ratio={r:.3f}")
+        cpu = f" cpu_ratio={r['cpu_ratio']:.3f}" if "cpu_ratio" in r else ""
+        print(f"{name} ratio={r['ratio']:.3f} iqr={r['q1']:.3f}-{r['q3']:.3f}{cpu}")
     return 0
 
 

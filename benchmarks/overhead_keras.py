@@ -45,6 +45,8 @@ tf.config.threading.set_inter_op_parallelism_threads(1)
 import keras  # noqa: E402
 
 import lossprobe  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _ratio import Paired  # noqa: E402
 
 BATCH = 128
 
@@ -138,15 +140,13 @@ def main() -> int:
     print(f"\n[keras mlp fit, tensorflow {tf.__version__}, keras {keras.__version__}, 1 thread] "
           f"{args.blocks} blocks x {args.steps} timed steps (+{args.warmup} warm-up), "
           f"{time.perf_counter() - t_start:.0f} s")
-    results: dict[str, float] = {}
+    results: dict[str, dict] = {}
     for name, ts in times.items():
         base_name = "keras-fit-jit-plain" if configs[name][0] else "keras-fit-plain"
-        base = statistics.median(times[base_name])
-        med = statistics.median(ts)
-        spread = (max(ts) - min(ts)) / med
-        print(f"  {name:<34} {med * 1e3:8.3f} ms/step  ratio {med / base:.3f}  (block spread {spread:.0%})")
+        r = Paired.of(ts, times[base_name])   # within each block
+        print(f"  {name:<34} {statistics.median(ts) * 1e3:8.3f} ms/step  ratio {r}")
         if configs[name][1]:
-            results[name] = med / base
+            results[name] = r.as_dict()
     print("RESULT " + json.dumps(results))
     return 0
 

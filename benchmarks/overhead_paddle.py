@@ -43,6 +43,8 @@ import paddle  # noqa: E402
 from paddle import nn  # noqa: E402
 
 import lossprobe  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _ratio import Paired  # noqa: E402
 
 BATCH = 128
 
@@ -113,14 +115,12 @@ def main() -> int:
     print(f"\n[paddle mlp dygraph loop, paddle {paddle.__version__}, 1 thread] "
           f"{args.blocks} blocks x {args.steps} timed steps (+{args.warmup} warm-up), "
           f"{time.perf_counter() - t_start:.0f} s")
-    base = statistics.median(times["paddle-loop-plain"])
-    results: dict[str, float] = {}
+    results: dict[str, dict] = {}
     for name, ts in times.items():
-        med = statistics.median(ts)
-        spread = (max(ts) - min(ts)) / med
-        print(f"  {name:<34} {med * 1e3:8.3f} ms/step  ratio {med / base:.3f}  (block spread {spread:.0%})")
+        r = Paired.of(ts, times["paddle-loop-plain"])   # within each block
+        print(f"  {name:<34} {statistics.median(ts) * 1e3:8.3f} ms/step  ratio {r}")
         if configs[name]:
-            results[name] = med / base
+            results[name] = r.as_dict()
     print("RESULT " + json.dumps(results))
     return 0
 
