@@ -1,0 +1,358 @@
+"""The causal model (part of the catalog): which diagnosis codes can produce which, and how.
+
+One fault shows several symptoms: a learning rate far too high blows the weights up, the
+ReLUs die, and the loss then sits at chance. Each :data:`LINKS` entry says that one code can
+produce another and, in a clause, by what mechanism. :mod:`lossprobe.rootcause` reads this
+model, together with when each finding began, to say which finding explains the others.
+
+Codes come in three layers, and the links run downwards (plus a few within a layer):
+
+* **set-up faults** (:data:`SETUP`): mistakes in how the run is put together -- the output
+  head, the loss, the labels, the inputs, the loop, the optimizer's parameter list, the
+  initial weights, dropout, BatchNorm mode, data order. They hold from the first step on,
+  whatever step the rule first measured them at, so they explain the symptoms they can
+  produce whenever both are present;
+* **settings and mechanisms** (learning rate, exploding/vanishing gradients, dead or
+  saturated units, overflow, zero gradients): these begin at a step, and explain only what
+  began at or after it;
+* **curve symptoms** (plateau, chance level, divergence, spikes, NaN, the train/validation
+  patterns): what the loss curve shows; they explain almost nothing themselves.
+
+``converged`` (healthy) and ``rank_divergence`` (a data-sharding fault that nothing here
+produces and whose effects the rules do not separate from it) take part in no link.
+
+Example::
+
+    from lossprobe.causes import CAN_CAUSE, SETUP
+    CAN_CAUSE["learning_rate_too_high"]["dead_relu"]   # how the one produces the other
+    "unnormalized_inputs" in SETUP                      # True: a cause whenever present
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .catalog import CATALOG
+
+
+@dataclass(frozen=True)
+class Link:
+    cause: str
+    effect: str
+    how: str   # the mechanism, as a clause that follows "because": "each step overshoots ..."
+
+
+SETUP = frozenset({
+    "output_activation_mismatch", "double_softmax", "label_problem", "unnormalized_inputs",
+    "unscaled_targets", "excessive_dropout", "frozen_batchnorm", "unshuffled_data",
+    "stale_gradients", "frozen_parameters", "bad_initialization",
+})
+"""Codes that name a fault in the run's set-up: present from the start (or from the moment
+the program changed it, e.g. a stray ``model.eval()``), so no time order is needed for them
+to explain a symptom."""
+
+
+def _from(cause: str, effects: dict[str, str]) -> list[Link]:
+    return [Link(cause, effect, how) for effect, how in effects.items()]
+
+
+LINKS: list[Link] = [
+    # ---------------------------------------------------------------- set-up faults
+    *_from("output_activation_mismatch", {
+        "zero_gradients": "a one-unit softmax always outputs exactly 1, and a rounded or squashed "
+                          "output the loss cannot move passes no gradient back",
+        "chance_level_loss": "an output the loss cannot read as scores leaves the prediction at the "
+                             "uniform guess",
+        "loss_plateau": "the loss receives outputs of the wrong kind, so the optimizer has no useful "
+                        "direction and the loss stops falling early",
+        "saturated_activations": "a squashing output under a loss that squashes again is driven into "
+                                 "its flat tails",
+        "vanishing_gradients": "a squashing output in front of a loss that does not undo it passes back "
+                               "only a sliver of the error",
+        "learning_rate_too_low": "the gradients that do arrive are tiny, so the updates are tiny whatever "
+                                 "the learning rate",
+        "dead_relu": "a ReLU output unit that goes negative under a probability loss is clamped at 0 "
+                     "and never recovers",
+        "nan_loss": "outputs outside (0, 1) fed to a loss that takes their logarithm give NaN",
+        "loss_divergence": "a loss given values outside the range it assumes has no minimum where it "
+                           "should, and the optimizer can push it upwards",
+    }),
+    *_from("double_softmax", {
+        "chance_level_loss": "softmax of probabilities is nearly uniform, so the loss barely moves from "
+                             "ln(C)",
+        "loss_plateau": "the second softmax squeezes every output into a narrow band, so the loss "
+                        "stalls high",
+        "vanishing_gradients": "the second softmax flattens the loss, so little gradient reaches the model",
+        "learning_rate_too_low": "the flattened loss gives tiny gradients, so the updates are tiny",
+    }),
+    *_from("label_problem", {
+        "chance_level_loss": "targets that are all one value or do not fit the output carry no signal "
+                             "to learn from",
+        "loss_plateau": "the model cannot fit targets that are out of its range, so the loss stops "
+                        "falling high",
+        "nan_loss": "class indices outside the output or targets outside [0, 1] make the loss's "
+                    "logarithm undefined",
+        "nonfinite_gradients": "an undefined loss value backpropagates as NaN",
+        "loss_divergence": "targets outside the loss's range make it unbounded, and the optimizer "
+                           "follows it away",
+        "softmax_overflow": "logits grow without bound chasing targets no probability can reach",
+        "exploding_gradients": "an unbounded loss keeps growing its gradients",
+        "loss_spike": "a batch with wrong targets gives a loss far above the others",
+        "overfitting": "the model memorises wrong training targets that the validation set does not share",
+        "validation_anomaly": "wrong training targets keep the training loss up while the validation "
+                              "loss, measured on sound targets, falls",
+    }),
+    *_from("unnormalized_inputs", {
+        "saturated_activations": "inputs of size 100 or more make pre-activations far larger than "
+                                 "sigmoid/tanh can distinguish",
+        "exploding_gradients": "the first layer's gradient scales with its inputs, so large inputs give "
+                               "large and growing gradients",
+        "learning_rate_too_high": "large inputs give large gradients, so each step is large relative to "
+                                  "the weights at any ordinary learning rate",
+        "dead_relu": "the first large update shifts pre-activations so far that many units are "
+                     "negative for every input",
+        "softmax_overflow": "large inputs through the layers give logits beyond softmax's range",
+        "nan_loss": "large inputs give activations and losses that overflow",
+        "loss_divergence": "features on very different scales make steps that fit one direction "
+                           "overshoot in another",
+        "loss_oscillation": "a badly scaled problem makes every step overshoot along the large features",
+        "loss_spike": "a batch on a different scale gives a loss far above the others",
+        "loss_plateau": "features on very different scales leave the optimizer crawling along the "
+                        "small ones",
+        "chance_level_loss": "inputs far too small (or too large to learn from) leave the output at "
+                             "the uniform guess",
+        "learning_rate_too_low": "tiny inputs give tiny gradients, so the updates are tiny at an "
+                                 "ordinary learning rate",
+        "vanishing_gradients": "saturating the first layers with large inputs blocks the gradient "
+                               "there",
+    }),
+    *_from("unscaled_targets", {
+        "exploding_gradients": "errors in the target's raw units (1e5 and more) give gradients of the "
+                               "same size",
+        "learning_rate_too_high": "errors in raw units give huge gradients, so every step is huge "
+                                  "relative to the weights",
+        "loss_divergence": "steps sized by huge errors overshoot, and the loss climbs",
+        "nan_loss": "squared errors in raw units overflow",
+        "nonfinite_gradients": "gradients of an overflowing squared error are not finite",
+        "loss_plateau": "the loss is dominated by the targets' scale, and fitting the pattern on top "
+                        "of it barely moves it",
+        "loss_oscillation": "steps sized by huge errors overshoot back and forth",
+        "loss_spike": "a batch with larger raw targets gives a loss far above the others",
+        "dead_relu": "the first huge updates push many units negative for every input",
+    }),
+    *_from("excessive_dropout", {
+        "chance_level_loss": "dropping nearly every input leaves the layers after it nothing to learn "
+                             "from",
+        "loss_plateau": "with most of its inputs dropped on every step, the training loss cannot fall far",
+        "validation_anomaly": "training runs on a crippled network while validation, without dropout, "
+                              "uses all of it",
+        "loss_oscillation": "each step sees a different small fraction of the signal, so the loss "
+                            "jumps around",
+        "over_regularization": "with the data term this weak, weight decay shrinks the weights "
+                               "unopposed",
+    }),
+    *_from("frozen_batchnorm", {
+        "loss_plateau": "normalising with stale statistics shifts every layer's inputs, and training "
+                        "stalls",
+        "chance_level_loss": "statistics that do not match the data wash the signal out of the layers",
+        "loss_divergence": "without batch statistics the activations drift, and the loss with them",
+        "exploding_gradients": "a deep network that relied on BatchNorm loses its normalisation, and "
+                               "the scale grows layer by layer",
+        "softmax_overflow": "unnormalised activations grow until the logits leave softmax's range",
+        "saturated_activations": "activations normalised with the wrong statistics fall into the flat "
+                                 "tails",
+        "dead_relu": "a stale running mean shifts pre-activations below zero for every input",
+        "loss_oscillation": "train-mode updates judged through eval-mode statistics overshoot",
+    }),
+    *_from("unshuffled_data", {
+        "loss_oscillation": "the loss swings each time the data moves on to another class or range",
+        "loss_spike": "the first batches of a new class or range give a loss far above the others",
+        "loss_divergence": "each run of one class drives the model to predict only it, so the loss "
+                           "climbs when the next class arrives",
+        "softmax_overflow": "a long run of one class makes the model extremely confident, so the next "
+                            "class gets logits beyond softmax's range",
+        "loss_plateau": "the model forgets each class as the next one arrives, so the loss stops "
+                        "falling overall",
+        "chance_level_loss": "batches of one class teach the model to track the order, not the inputs",
+        "overfitting": "the model fits the recent class runs rather than the whole distribution",
+        "validation_anomaly": "the training loss tracks the class order while validation measures the "
+                              "whole data",
+    }),
+    *_from("stale_gradients", {
+        "exploding_gradients": "every step adds the new gradient to all the previous ones, so the "
+                               "gradient grows with the step count",
+        "learning_rate_too_high": "the summed gradients make each update many times larger than the "
+                                  "learning rate intends",
+        "loss_divergence": "ever larger accumulated steps overshoot and the loss climbs",
+        "loss_oscillation": "the accumulated gradient keeps pushing past the minimum, back and forth",
+        "nan_loss": "the accumulated steps grow until the weights overflow",
+        "nonfinite_gradients": "the accumulated gradient grows until it overflows",
+        "softmax_overflow": "the accumulated steps grow the weights until the logits leave softmax's range",
+        "loss_spike": "an accumulated step far larger than intended throws the loss up",
+        "dead_relu": "the oversized accumulated steps push many units negative for every input",
+        "loss_plateau": "the accumulated steps keep overshooting, so the loss stops falling",
+    }),
+    *_from("frozen_parameters", {
+        "loss_plateau": "parameters that never move limit how far the loss can fall",
+        "chance_level_loss": "a head that never trains leaves the output at its random start",
+        "learning_rate_too_low": "the frozen parameters do not move at all, which reads as a tiny step",
+    }),
+    *_from("bad_initialization", {
+        "vanishing_gradients": "weights too small for the depth shrink the backward signal layer by layer",
+        "exploding_gradients": "weights too large for the depth grow the backward signal layer by layer",
+        "dead_relu": "an initial scale or bias that puts pre-activations below zero leaves units dead "
+                     "from the start",
+        "saturated_activations": "initial weights too large drive sigmoid/tanh into their flat tails",
+        "softmax_overflow": "initial weights too large for the depth give logits beyond softmax's range",
+        "learning_rate_too_high": "weights initialised far too small make every update large relative "
+                                  "to them",
+        "zero_gradients": "all-zero or constant weights make every unit compute the same thing, and no "
+                          "signal flows back",
+        "chance_level_loss": "a signal that collapses with depth leaves the output at the uniform guess",
+        "loss_plateau": "a network that starts with collapsed or exploded activations learns slowly "
+                        "if at all",
+        "nan_loss": "activations that grow layer by layer overflow",
+    }),
+    # ---------------------------------------------------------------- settings
+    *_from("learning_rate_too_high", {
+        "exploding_gradients": "each step overshoots into steeper ground, so the gradient grows step "
+                               "after step",
+        "loss_divergence": "steps that overshoot the minimum land higher each time",
+        "loss_oscillation": "each step jumps across the valley and back",
+        "loss_spike": "one oversized step throws the weights into a region of high loss",
+        "softmax_overflow": "the weights, and the logits with them, grow until softmax overflows",
+        "nan_loss": "the weights grow until the loss overflows",
+        "nonfinite_gradients": "the weights grow until their gradients overflow",
+        "dead_relu": "a large step pushes weights and biases so far that units are negative for every "
+                     "input, and a dead unit gets no gradient to come back",
+        "saturated_activations": "large steps grow the weights until sigmoid/tanh sit in their flat tails",
+        "loss_plateau": "steps too large to settle bounce around the minimum instead of reaching it",
+        "chance_level_loss": "the oversized steps wreck the network, and the output falls back to the "
+                             "uniform guess",
+    }),
+    *_from("learning_rate_too_low", {
+        "loss_plateau": "steps this small make no visible progress",
+        "chance_level_loss": "steps this small never move the model off its initial uniform guess",
+    }),
+    *_from("over_regularization", {
+        "loss_plateau": "the penalty pulls the weights to zero as fast as the data pushes them out",
+        "chance_level_loss": "weights held near zero give near-constant outputs, the uniform guess",
+        "vanishing_gradients": "weights shrunk towards zero pass back a shrinking gradient layer by layer",
+    }),
+    # ---------------------------------------------------------------- mechanisms
+    *_from("exploding_gradients", {
+        "nan_loss": "gradients that keep growing make updates that overflow the weights",
+        "nonfinite_gradients": "a gradient that keeps growing overflows",
+        "loss_divergence": "ever larger updates overshoot, and the loss climbs",
+        "loss_spike": "one very large gradient step throws the loss up",
+        "loss_oscillation": "large gradient steps overshoot back and forth",
+        "softmax_overflow": "huge updates grow the logits beyond softmax's range",
+        "dead_relu": "a huge update pushes many units negative for every input",
+        "saturated_activations": "huge updates drive sigmoid/tanh into their flat tails",
+        "learning_rate_too_high": "huge gradients make huge updates at any learning rate",
+    }),
+    *_from("softmax_overflow", {
+        "nan_loss": "softmax of logits beyond exp's range gives 0/0 or log(0)",
+        "nonfinite_gradients": "the overflowed softmax backpropagates Inf or NaN",
+        "zero_gradients": "a loss clamped at -ln(FLT_MIN) is flat there, so its gradient is exactly 0",
+        "loss_plateau": "the loss pins at 87.3365 and cannot move",
+        "loss_divergence": "the loss jumps up to the overflow value and stays there",
+        "loss_spike": "a batch whose logits overflow gives a loss far above the others",
+    }),
+    *_from("nan_loss", {
+        "nonfinite_gradients": "backpropagating a NaN loss makes every gradient NaN",
+    }),
+    *_from("nonfinite_gradients", {
+        "nan_loss": "one update with a NaN gradient makes the weights NaN, and the next loss with them",
+    }),
+    *_from("nonfinite_inputs", {
+        "nan_loss": "a NaN in the batch propagates through the forward pass into the loss",
+        "nonfinite_gradients": "a NaN in the batch propagates into the gradients",
+    }),
+    *_from("dead_relu", {
+        "chance_level_loss": "with the units dead the logits no longer depend on the input",
+        "loss_plateau": "dead units neither contribute nor learn, so the loss stops falling",
+        "vanishing_gradients": "dead units pass no gradient back to the layers before them",
+        "zero_gradients": "with every unit of a layer dead no gradient flows at all",
+        "learning_rate_too_low": "dead units receive no gradient, so the updates look tiny",
+        "frozen_parameters": "the weights into dead units get no gradient and never move",
+    }),
+    *_from("saturated_activations", {
+        "vanishing_gradients": "sigmoid/tanh at their bounds have a near-zero slope, so little "
+                               "gradient passes back",
+        "loss_plateau": "saturated units barely learn, so the loss stops falling",
+        "chance_level_loss": "saturated units give the same output for every input",
+        "learning_rate_too_low": "near-zero slopes give tiny gradients and tiny updates",
+        "zero_gradients": "fully saturated units pass back gradients that round to zero",
+    }),
+    *_from("vanishing_gradients", {
+        "loss_plateau": "the early layers barely learn, so the loss stalls",
+        "chance_level_loss": "the early layers never learn features, so the output stays at the "
+                             "uniform guess",
+        "learning_rate_too_low": "tiny gradients give tiny updates at any learning rate",
+    }),
+    *_from("zero_gradients", {
+        "loss_plateau": "with no gradient the weights never move",
+        "chance_level_loss": "with no gradient the model keeps its initial guess",
+        "frozen_parameters": "parameters with exactly zero gradient never move",
+        "learning_rate_too_low": "zero gradients give zero updates",
+    }),
+    # ---------------------------------------------------------------- curve symptoms
+    *_from("loss_divergence", {
+        "nan_loss": "a loss that keeps climbing ends in overflow",
+    }),
+]
+
+CAN_CAUSE: dict[str, dict[str, str]] = {}
+"""cause -> {effect: how}: the links by cause."""
+for _link in LINKS:
+    CAN_CAUSE.setdefault(_link.cause, {})[_link.effect] = _link.how
+
+CONFIRM: dict[str, str] = {
+    "output_activation_mismatch": "change the output activation to what the loss expects",
+    "double_softmax": "remove the final softmax",
+    "label_problem": "print the unique targets against the output width",
+    "unnormalized_inputs": "standardise the inputs",
+    "unscaled_targets": "standardise the targets",
+    "excessive_dropout": "set the dropout rate to 0.1-0.5",
+    "frozen_batchnorm": "keep the model in train mode while training",
+    "unshuffled_data": "shuffle the training data",
+    "stale_gradients": "clear the gradients every step",
+    "frozen_parameters": "give every parameter to the optimizer and check that each gets a gradient",
+    "bad_initialization": "re-initialise with He/Glorot scaling",
+    "learning_rate_too_high": "lower the learning rate 10x",
+    "learning_rate_too_low": "raise the learning rate 10x",
+    "over_regularization": "lower the weight decay 10x",
+    "exploding_gradients": "clip the gradient norm",
+    "softmax_overflow": "compute the loss with a fused log-softmax cross-entropy",
+    "nonfinite_inputs": "drop the batches with NaN/Inf inputs",
+    "nan_loss": "add an epsilon to the loss's logarithms and divisions",
+    "nonfinite_gradients": "add an epsilon where the named layer takes a square root or a logarithm",
+    "dead_relu": "switch to LeakyReLU",
+    "saturated_activations": "switch the hidden activations to ReLU",
+    "vanishing_gradients": "add normalisation or skip connections",
+    "zero_gradients": "compute the loss from the model's raw output",
+    "loss_divergence": "restart from the last good checkpoint with a smaller step",
+}
+"""For a cause, the change that tests it: apply it and see whether its consequences go. Used
+to say what would decide between two causes the evidence does not order."""
+
+
+def _check() -> None:
+    """Every code named here is in the catalog, links do not repeat, and every cause can be
+    tested (a typo here would silently drop a link)."""
+    for link in LINKS:
+        for code in (link.cause, link.effect):
+            if code not in CATALOG:
+                raise KeyError(f"causes.py: unknown code {code!r}")
+    pairs = [(link.cause, link.effect) for link in LINKS]
+    if len(pairs) != len(set(pairs)):
+        raise ValueError("causes.py: a link is listed twice")
+    for code in (*CAN_CAUSE, *SETUP, *CONFIRM):
+        if code not in CATALOG:
+            raise KeyError(f"causes.py: unknown code {code!r}")
+    missing = set(CAN_CAUSE) - set(CONFIRM)
+    if missing:
+        raise KeyError(f"causes.py: no CONFIRM entry for {sorted(missing)}")
+
+
+_check()
