@@ -13,8 +13,9 @@ How it decides, from the causal model in :mod:`lossprobe.causes` and the finding
   step, which the phase of the step orders: the batch, then the loss, then the gradients);
   a resolved cause explains only what began while it was active;
 * a root cause is a finding that nothing else explains (through any chain). Each other
-  finding goes under the root that explains it most directly (set-up faults, then the
-  earliest, win ties), with ``caused_by`` set to that root's code. Independent faults stay
+  finding goes under the root that explains it most directly (then the root with more of
+  its findings explaining it, then set-up faults, then the earliest), with ``caused_by`` set
+  to that root's code. Independent faults stay
   separate roots;
 * when findings explain each other and their steps do not say which came first (the
   learning rate too high and gradients exploding from the same step), each is reported as a
@@ -101,7 +102,7 @@ def attribute(findings: list[Finding]) -> list[RootCause]:
         if f.code in root_codes:
             continue
         owner = min((r for r in roots if f.code in dist[r.code]),
-                    key=lambda r: (dist[r.code][f.code], _tie(r)))
+                    key=lambda r: (dist[r.code][f.code], -_support(r, f, edges, dist), _tie(r)))
         f.caused_by = owner.code
         groups[owner.code].append(f)
 
@@ -156,6 +157,13 @@ def _distances(start: str, edges: dict[str, list[Finding]]) -> dict[str, int]:
                 dist[b.code] = d + 1
                 todo.append((b.code, d + 1))
     return dist
+
+
+def _support(root: Finding, f: Finding, edges: dict[str, list[Finding]], dist: dict[str, dict[str, int]]) -> int:
+    """How many of the root and the findings it explains explain ``f`` directly: a plateau
+    explained by a learning rate too high and also by the dead ReLUs that rate produced has
+    more behind it than one explained by a single other fault."""
+    return sum(any(o is f for o in edges[c]) for c in (root.code, *dist[root.code]))
 
 
 def _catalog_index(code: str) -> int:
