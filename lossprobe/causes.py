@@ -16,7 +16,9 @@ Codes come in three layers, and the links run downwards (plus a few within a lay
   saturated units, overflow, zero gradients): these begin at a step, and explain only what
   began at or after it;
 * **curve symptoms** (plateau, chance level, divergence, spikes, NaN, the train/validation
-  patterns): what the loss curve shows; they explain almost nothing themselves.
+  patterns): what the loss curve shows; they explain little themselves (a climbing loss
+  grows its gradients; a specific reading of a stretch of curve explains the general one,
+  :data:`READINGS`).
 
 ``converged`` (healthy) and ``rank_divergence`` (a data-sharding fault that nothing here
 produces and whose effects the rules do not separate from it) take part in no link.
@@ -51,6 +53,26 @@ the program changed it, e.g. a stray ``model.eval()``), so no time order is need
 to explain a symptom."""
 
 
+SETTINGS = frozenset({"learning_rate_too_high", "learning_rate_too_low", "over_regularization"})
+"""Optimizer settings: chosen by the user like a set-up fault, but judged from what they do, so
+they begin at a step (a schedule can change them mid-run)."""
+
+SYMPTOMS = frozenset({"loss_plateau", "chance_level_loss", "loss_divergence", "loss_spike", "loss_oscillation",
+                      "overfitting", "validation_anomaly", "converged"})
+"""What the loss curves show."""
+
+
+def layer(code: str) -> int:
+    """0 a set-up or data fault, 1 an optimizer setting, 2 a mechanism, 3 a curve symptom: where
+    a code sits in the chain from a mistake to what the loss shows. When the evidence cannot
+    order two causes, the one higher up the chain is the likelier start."""
+    if code in SETUP or code in ("nonfinite_inputs", "rank_divergence"):
+        return 0
+    if code in SETTINGS:
+        return 1
+    return 3 if code in SYMPTOMS else 2
+
+
 def _from(cause: str, effects: dict[str, str]) -> list[Link]:
     return [Link(cause, effect, how) for effect, how in effects.items()]
 
@@ -72,9 +94,11 @@ LINKS: list[Link] = [
                                  "the learning rate",
         "dead_relu": "a ReLU output unit that goes negative under a probability loss is clamped at 0 "
                      "and never recovers",
-        "nan_loss": "outputs outside (0, 1) fed to a loss that takes their logarithm give NaN",
         "loss_divergence": "a loss given values outside the range it assumes has no minimum where it "
                            "should, and the optimizer can push it upwards",
+        "softmax_overflow": "a loss that is unbounded for raw outputs (NLL of logits) drives them without "
+                            "bound, past softmax's range",
+        "exploding_gradients": "a loss that is unbounded for raw outputs keeps growing its gradients",
     }),
     *_from("double_softmax", {
         "chance_level_loss": "softmax of probabilities is nearly uniform, so the loss barely moves from "
@@ -184,8 +208,6 @@ LINKS: list[Link] = [
                                   "learning rate intends",
         "loss_divergence": "ever larger accumulated steps overshoot and the loss climbs",
         "loss_oscillation": "the accumulated gradient keeps pushing past the minimum, back and forth",
-        "nan_loss": "the accumulated steps grow until the weights overflow",
-        "nonfinite_gradients": "the accumulated gradient grows until it overflows",
         "softmax_overflow": "the accumulated steps grow the weights until the logits leave softmax's range",
         "loss_spike": "an accumulated step far larger than intended throws the loss up",
         "dead_relu": "the oversized accumulated steps push many units negative for every input",
@@ -220,8 +242,9 @@ LINKS: list[Link] = [
         "loss_oscillation": "each step jumps across the valley and back",
         "loss_spike": "one oversized step throws the weights into a region of high loss",
         "softmax_overflow": "the weights, and the logits with them, grow until softmax overflows",
-        "nan_loss": "the weights grow until the loss overflows",
-        "nonfinite_gradients": "the weights grow until their gradients overflow",
+        # no direct link to nan_loss / nonfinite_gradients: a learning rate makes NaN by growing
+        # the weights, which shows first as exploding gradients, a climbing loss or overflowing
+        # logits; a NaN out of a calm run points at a log, sqrt or division at zero instead
         "dead_relu": "a large step pushes weights and biases so far that units are negative for every "
                      "input, and a dead unit gets no gradient to come back",
         "saturated_activations": "large steps grow the weights until sigmoid/tanh sit in their flat tails",
@@ -237,6 +260,8 @@ LINKS: list[Link] = [
         "loss_plateau": "the penalty pulls the weights to zero as fast as the data pushes them out",
         "chance_level_loss": "weights held near zero give near-constant outputs, the uniform guess",
         "vanishing_gradients": "weights shrunk towards zero pass back a shrinking gradient layer by layer",
+        "learning_rate_too_high": "the decay removes a large fraction of every weight each step, which is "
+                                  "a large update relative to the weights",
     }),
     # ---------------------------------------------------------------- mechanisms
     *_from("exploding_gradients", {
@@ -299,8 +324,36 @@ LINKS: list[Link] = [
     # ---------------------------------------------------------------- curve symptoms
     *_from("loss_divergence", {
         "nan_loss": "a loss that keeps climbing ends in overflow",
+        "exploding_gradients": "the gradients of a loss that keeps climbing grow with it",
+        "softmax_overflow": "as the loss climbs the logits grow with it, until softmax overflows",
+    }),
+    *_from("chance_level_loss", {
+        "loss_plateau": "a loss held at ln(C) is a loss that stopped falling",
+    }),
+    *_from("validation_anomaly", {
+        "loss_plateau": "the training data differ from the validation data the model does learn, so the "
+                        "training loss stays flat",
+        "chance_level_loss": "the training targets carry no signal the validation data do, so the training "
+                             "loss stays at the uniform guess",
     }),
 ]
+
+READINGS = frozenset({
+    ("chance_level_loss", "loss_plateau"),
+    ("validation_anomaly", "loss_plateau"),
+    ("validation_anomaly", "chance_level_loss"),
+})
+"""Links between two readings of one stretch of the loss curve, the first the more specific (a
+plateau at ln(C) is the chance-level finding; a flat training loss beside a falling validation
+loss is the validation anomaly). Their rules date the stretch differently (chance level waits
+for the warm-up, the validation anomaly for three validation points), so these links hold
+whatever the steps say."""
+
+THROUGH_UPDATES = frozenset({
+    "learning_rate_too_high", "learning_rate_too_low", "over_regularization", "stale_gradients",
+})
+"""Causes that act only through the optimizer's updates: nothing they produce can be in the
+network before its first update."""
 
 CAN_CAUSE: dict[str, dict[str, str]] = {}
 """cause -> {effect: how}: the links by cause."""
@@ -332,6 +385,8 @@ CONFIRM: dict[str, str] = {
     "vanishing_gradients": "add normalisation or skip connections",
     "zero_gradients": "compute the loss from the model's raw output",
     "loss_divergence": "restart from the last good checkpoint with a smaller step",
+    "chance_level_loss": "overfit one small batch",
+    "validation_anomaly": "train and validate on the same few batches",
 }
 """For a cause, the change that tests it: apply it and see whether its consequences go. Used
 to say what would decide between two causes the evidence does not order."""
@@ -347,9 +402,11 @@ def _check() -> None:
     pairs = [(link.cause, link.effect) for link in LINKS]
     if len(pairs) != len(set(pairs)):
         raise ValueError("causes.py: a link is listed twice")
-    for code in (*CAN_CAUSE, *SETUP, *CONFIRM):
+    for code in (*CAN_CAUSE, *SETUP, *CONFIRM, *THROUGH_UPDATES, *SETTINGS, *SYMPTOMS):
         if code not in CATALOG:
             raise KeyError(f"causes.py: unknown code {code!r}")
+    if not READINGS <= set(pairs):
+        raise KeyError(f"causes.py: READINGS not in LINKS: {sorted(READINGS - set(pairs))}")
     missing = set(CAN_CAUSE) - set(CONFIRM)
     if missing:
         raise KeyError(f"causes.py: no CONFIRM entry for {sorted(missing)}")

@@ -11,24 +11,29 @@ How it decides, from the causal model in :mod:`lossprobe.causes` and the finding
   both are present; any other cause must not have begun after its consequence (steps closer
   than :data:`SAME_TIME` do not order two findings, except numeric faults dated to the exact
   step, which the phase of the step orders: the batch, then the loss, then the gradients);
-  a resolved cause explains only what began while it was active;
+  a cause that acts through the updates (a learning rate, weight decay, stale gradients)
+  explains no state already there on the first step; a resolved cause explains only what
+  began while it was active; two readings of one stretch of the loss curve
+  (:data:`~lossprobe.causes.READINGS`) go together whatever their steps;
 * a root cause is a finding that nothing else explains (through any chain). Each other
   finding goes under the root that explains it most directly (then the root with more of
-  its findings explaining it, then set-up faults, then the earliest), with ``caused_by`` set
-  to that root's code. Independent faults stay
-  separate roots;
+  its findings explaining it, then by :func:`_claim`: the one higher up the chain from mistake
+  to symptom, the worse, the one that explains more, the earliest), with ``caused_by`` set to that root's code. Independent
+  faults stay separate roots;
 * when findings explain each other and their steps do not say which came first (the
   learning rate too high and gradients exploding from the same step), each is reported as a
   root with ``confidence="undecided"``, ``alternatives`` naming the others, and a ``why``
-  that says which change would decide it;
+  that says which change would decide it; the first of them by :func:`_claim` holds what
+  any of them explains;
 * info findings (``converged``, advice such as a high update ratio while the loss still
   falls) are neither roots nor consequences;
 * a root whose findings have all resolved (cleared and stayed clear) is not reported: where to
   start is among what still counts in the final health. A resolved cause of a finding that
   still counts is reported (the learning-rate burst that killed the ReLUs).
 
-Roots come worst first: by the worst severity in the group, then by how much each explains,
-then set-up faults, then the earliest. ``attribute(findings)[0]`` is the run's root cause and
+Roots come worst first: by the worst severity in the group, then by how many findings each
+explains, then by :func:`_claim` (so among undecided causes a setting leads a mechanism, and
+a mechanism a curve symptom). ``attribute(findings)[0]`` is the run's root cause and
 its ``fix_first`` the run's first fix.
 
 Example::
@@ -44,7 +49,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .catalog import CATALOG, SEVERITY_RANK
-from .causes import CAN_CAUSE, CONFIRM, SETUP
+from .causes import CAN_CAUSE, CONFIRM, READINGS, SETUP, THROUGH_UPDATES, layer
 from .config import Config
 from .findings import Finding
 
@@ -79,6 +84,12 @@ them: 0 the batch, 1 the forward pass and loss, 2 the backward pass. Two of thes
 step are ordered by it: a NaN in the batch comes before the NaN loss it causes, and a NaN
 loss before the NaN gradients backpropagated from it."""
 
+STATE = frozenset({"softmax_overflow", "nan_loss", "nonfinite_gradients", "dead_relu", "saturated_activations",
+                   "vanishing_gradients", "zero_gradients"})
+"""Codes that describe the network's state on the step they are dated to (its forward and
+backward pass). Dated to step 0, the first step the probe sees, such a state was there before
+the optimizer's first update, so no cause that acts through the updates produced it."""
+
 
 def attribute(findings: list[Finding]) -> list[RootCause]:
     """Root causes of a run's warning and critical findings, each with the findings it explains;
@@ -97,12 +108,19 @@ def attribute(findings: list[Finding]) -> list[RootCause]:
     roots = [f for f in serious
              if all(g.code in dist[f.code] for g in serious if f.code in dist[g.code])]
     root_codes = {r.code for r in roots}
+    claim = {r.code: _claim(r, edges) for r in roots}
+    # roots that explain each other (the evidence does not order them) act as one: the first
+    # by claim leads and takes what any of them explains
+    peers = {r.code: sorted((g.code for g in roots if g is r or r.code in dist[g.code]), key=lambda c: claim[c])
+             for r in roots}
+    leaders = [r for r in roots if peers[r.code][0] == r.code]
     groups: dict[str, list[Finding]] = {r.code: [] for r in roots}
     for f in serious:
         if f.code in root_codes:
             continue
-        owner = min((r for r in roots if f.code in dist[r.code]),
-                    key=lambda r: (dist[r.code][f.code], -_support(r, f, edges, dist), _tie(r)))
+        owner = min((r for r in leaders if any(f.code in dist[c] for c in peers[r.code])),
+                    key=lambda r: (min(dist[c].get(f.code, len(serious)) for c in peers[r.code]),
+                                   -_support(r, f, edges, dist), claim[r.code]))
         f.caused_by = owner.code
         groups[owner.code].append(f)
 
@@ -110,8 +128,7 @@ def attribute(findings: list[Finding]) -> list[RootCause]:
     for r in roots:
         if all(f.resolved for f in (r, *groups[r.code])):
             continue
-        rivals = tuple(sorted((g.code for g in roots if g is not r and r.code in dist[g.code]),
-                              key=lambda c: _tie(by_code[c])))
+        rivals = tuple(c for c in peers[r.code] if c != r.code)
         members = sorted(groups[r.code], key=lambda f: (dist[r.code][f.code], f.step, _catalog_index(f.code)))
         why = _why(r, members, edges, dist[r.code])
         if rivals:
@@ -119,7 +136,7 @@ def attribute(findings: list[Finding]) -> list[RootCause]:
         out.append(RootCause(r.code, r.severity, r.step, tuple(f.code for f in members),
                              fix_first=r.fixes[0] if r.fixes else "", why=why,
                              confidence="undecided" if rivals else "clear", alternatives=rivals))
-    out.sort(key=lambda rc: _priority(by_code[rc.code], groups[rc.code]))
+    out.sort(key=lambda rc: _priority(by_code[rc.code], groups[rc.code], claim[rc.code]))
     return out
 
 
@@ -127,10 +144,12 @@ def _explains(a: Finding, b: Finding) -> bool:
     """The causal model links a to b and the time fits (see the module docstring)."""
     if a is b or b.code not in CAN_CAUSE.get(a.code, {}):
         return False
+    if a.code in THROUGH_UPDATES and b.code in STATE and b.step <= 0:
+        return False  # there before the first update
     if a.resolved and b.step > a.last_step + SAME_TIME:
         return False  # began after the cause had cleared
-    if a.code in SETUP or b.code in SETUP:
-        return True   # a set-up fault holds from the start: its step is when it was measured
+    if a.code in SETUP or b.code in SETUP or (a.code, b.code) in READINGS:
+        return True   # a set-up fault holds from the start; readings of one curve stretch go together
     return _began_before(b, a) is not True
 
 
@@ -170,15 +189,18 @@ def _catalog_index(code: str) -> int:
     return list(CATALOG).index(code) if code in CATALOG else len(CATALOG)
 
 
-def _tie(f: Finding) -> tuple:
-    """Between roots that explain a finding equally directly: a set-up fault, then the
-    earliest, then the worst."""
-    return (f.code not in SETUP, f.step, -SEVERITY_RANK[f.severity], _catalog_index(f.code))
+def _claim(root: Finding, edges: dict[str, list[Finding]]) -> tuple:
+    """Between roots with an equal claim on a finding by the evidence (and among causes the
+    evidence does not order): the one higher up the chain from mistake to symptom
+    (:func:`~lossprobe.causes.layer`), then the worse finding, then the one that explains more
+    findings on its own, then the earliest."""
+    return (layer(root.code), -SEVERITY_RANK[root.severity], -len(edges[root.code]), root.step,
+            _catalog_index(root.code))
 
 
-def _priority(root: Finding, members: list[Finding]) -> tuple:
+def _priority(root: Finding, members: list[Finding], claim: tuple) -> tuple:
     worst = max(SEVERITY_RANK[f.severity] for f in (root, *members))
-    return (-worst, -len(members), *_tie(root))
+    return (-worst, -len(members), claim)
 
 
 def _why(root: Finding, members: list[Finding], edges: dict[str, list[Finding]], dist: dict[str, int]) -> str:

@@ -130,6 +130,45 @@ def test_numeric_faults_on_one_step_are_ordered_by_the_phase_of_the_step():
     assert rc.code == "nonfinite_gradients" and rc.consequences == ("nan_loss",)
 
 
+def test_the_learning_rate_explains_no_state_that_was_there_before_the_first_update():
+    # a head scaled 1000x overflows softmax on the very first forward pass; the learning rate
+    # looks too high from the first update (the gradients are huge) but did not do it
+    fs = [finding("softmax_overflow", 0), finding("learning_rate_too_high", 0)]
+    roots = roots_of(fs)
+    assert set(roots) == {"softmax_overflow", "learning_rate_too_high"}
+    assert attribute(fs)[0].code == "softmax_overflow"
+    fs = [finding("softmax_overflow", 30), finding("learning_rate_too_high", 0)]
+    (rc,) = attribute(fs)
+    assert rc.code == "learning_rate_too_high"
+
+
+def test_readings_of_one_curve_stretch_go_together_whatever_their_steps():
+    # the chance-level rule waits for the warm-up, the validation anomaly for validation points:
+    # their steps say nothing about which came first
+    fs = [finding("loss_plateau", 0), finding("validation_anomaly", 19), finding("chance_level_loss", 20)]
+    (rc,) = attribute(fs)
+    assert rc.code == "validation_anomaly" and set(rc.consequences) == {"chance_level_loss", "loss_plateau"}
+
+
+def test_among_undecided_causes_the_one_higher_up_the_chain_leads_and_holds_the_consequences():
+    # a learning rate, exploding gradients and a climbing loss all within a few steps
+    fs = [finding("learning_rate_too_high", 0), finding("loss_divergence", 4), finding("exploding_gradients", 6),
+          finding("nan_loss", 55)]
+    roots = attribute(fs)
+    assert roots[0].code == "learning_rate_too_high" and roots[0].consequences == ("nan_loss",)
+    assert {rc.code for rc in roots} == {"learning_rate_too_high", "loss_divergence", "exploding_gradients"}
+    assert all(rc.confidence == "undecided" for rc in roots)
+    assert all(rc.consequences == () for rc in roots[1:])
+
+
+def test_a_consequence_goes_to_the_root_whose_own_findings_also_explain_it():
+    # the plateau: the learning rate explains it, and so do the dead ReLUs it produced
+    fs = [finding("learning_rate_too_high", 0), finding("dead_relu", 20), finding("unshuffled_data", 0),
+          finding("loss_plateau", 60)]
+    assert set(roots_of(fs)) == {"learning_rate_too_high", "unshuffled_data"}
+    assert caused_by(fs)["loss_plateau"] == "learning_rate_too_high"
+
+
 def test_info_and_advice_are_never_roots_nor_causes():
     fs = [finding("learning_rate_too_high", 0, severity="info"), finding("dead_relu", 20),
           finding("converged", 100)]
