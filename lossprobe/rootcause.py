@@ -23,8 +23,9 @@ How it decides, from the causal model in :mod:`lossprobe.causes` and the finding
 * when findings explain each other and their steps do not say which came first (the
   learning rate too high and gradients exploding from the same step), each is reported as a
   root with ``confidence="undecided"``, ``alternatives`` naming the others, and a ``why``
-  that says which change would decide it; the first of them by :func:`_claim` holds what
-  any of them explains;
+  that says which change would decide it; the first of them by :func:`_claim` (the earliest,
+  then the one higher up the chain from mistake to symptom) leads and holds what any of them
+  explains;
 * info findings (``converged``, advice such as a high update ratio while the loss still
   falls) are neither roots nor consequences;
 * a root whose findings have all resolved (cleared and stayed clear) is not reported: where to
@@ -32,8 +33,7 @@ How it decides, from the causal model in :mod:`lossprobe.causes` and the finding
   still counts is reported (the learning-rate burst that killed the ReLUs).
 
 Roots come worst first: by the worst severity in the group, then by how many findings each
-explains, then by :func:`_claim` (so among undecided causes a setting leads a mechanism, and
-a mechanism a curve symptom). ``attribute(findings)[0]`` is the run's root cause and
+explains, then by :func:`_claim`; undecided causes stay together, their leader first. ``attribute(findings)[0]`` is the run's root cause and
 its ``fix_first`` the run's first fix.
 
 Example::
@@ -92,9 +92,9 @@ the optimizer's first update, so no cause that acts through the updates produced
 
 
 def attribute(findings: list[Finding]) -> list[RootCause]:
-    """Root causes of a run's warning and critical findings, each with the findings it explains;
-    sets ``caused_by`` on those (and clears it everywhere else). Worst first: ``[0]`` is the
-    run's root cause."""
+    """Root causes of a run's warning and critical findings (one finding per code, as a probe
+    keeps them), each with the findings it explains; sets ``caused_by`` on those and clears it
+    everywhere else. Worst first: ``[0]`` is the run's root cause."""
     for f in findings:
         f.caused_by = None
     serious = [f for f in findings if f.severity != "info"]
@@ -136,7 +136,9 @@ def attribute(findings: list[Finding]) -> list[RootCause]:
         out.append(RootCause(r.code, r.severity, r.step, tuple(f.code for f in members),
                              fix_first=r.fixes[0] if r.fixes else "", why=why,
                              confidence="undecided" if rivals else "clear", alternatives=rivals))
-    out.sort(key=lambda rc: _priority(by_code[rc.code], groups[rc.code], claim[rc.code]))
+    # undecided causes stay together, their leader first, where the leader's group belongs
+    out.sort(key=lambda rc: (_priority([by_code[c] for c in peers[rc.code]], groups[peers[rc.code][0]],
+                                       claim[peers[rc.code][0]]), claim[rc.code]))
     return out
 
 
@@ -191,15 +193,20 @@ def _catalog_index(code: str) -> int:
 
 def _claim(root: Finding, edges: dict[str, list[Finding]]) -> tuple:
     """Between roots with an equal claim on a finding by the evidence (and among causes the
-    evidence does not order): the one higher up the chain from mistake to symptom
+    evidence does not order): a set-up fault (a cause whenever present; its step is only when
+    it was measured), then the earliest (steps too close to order two findings for certain
+    still lean one way), then the one higher up the chain from mistake to symptom
     (:func:`~lossprobe.causes.layer`), then the worse finding, then the one that explains more
-    findings on its own, then the earliest."""
-    return (layer(root.code), -SEVERITY_RANK[root.severity], -len(edges[root.code]), root.step,
+    findings on its own."""
+    rank = layer(root.code)
+    return (rank > 0, root.step if rank > 0 else 0, rank, -SEVERITY_RANK[root.severity], -len(edges[root.code]),
             _catalog_index(root.code))
 
 
-def _priority(root: Finding, members: list[Finding], claim: tuple) -> tuple:
-    worst = max(SEVERITY_RANK[f.severity] for f in (root, *members))
+def _priority(roots: list[Finding], members: list[Finding], claim: tuple) -> tuple:
+    """Where to start: the group (its root, or undecided roots, and what they explain) with the
+    worst finding, then the one that explains more."""
+    worst = max(SEVERITY_RANK[f.severity] for f in (*roots, *members))
     return (-worst, -len(members), claim)
 
 
@@ -222,8 +229,9 @@ def _undecided(root: Finding, rivals: tuple[str, ...], by_code: dict[str, Findin
     steps = sorted({root.step, *(by_code[c].step for c in rivals)})
     when = f"step {steps[0]}" if len(steps) == 1 else f"steps {steps[0]}-{steps[-1]}"
     test = CONFIRM.get(root.code, CATALOG[root.code].fixes[0])
+    others = "the other" if len(rivals) == 1 else "the others"
     return (f"The evidence does not decide between {_and([root.code, *rivals])}: they began together "
-            f"({when}) and each can produce the other; {test}: if {_and(list(rivals), 'or')} "
+            f"({when}) and each can lead to {others}; {test}: if {_and(list(rivals), 'or')} "
             f"{'goes' if len(rivals) == 1 else 'go'} too, {root.code} is the cause.")
 
 
