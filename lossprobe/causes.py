@@ -32,6 +32,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from .catalog import CATALOG
 
@@ -94,6 +95,8 @@ LINKS: list[Link] = [
                                  "the learning rate",
         "dead_relu": "a ReLU output unit that goes negative under a probability loss is clamped at 0 "
                      "and never recovers",
+        "nan_loss": "outputs that are not probabilities, fed to a loss that normalises them or takes their "
+                    "logarithm, give 0/0 or log of a negative number once they reach 0 or below",
         "loss_divergence": "a loss given values outside the range it assumes has no minimum where it "
                            "should, and the optimizer can push it upwards",
         "softmax_overflow": "a loss that is unbounded for raw outputs (NLL of logits) drives them without "
@@ -360,6 +363,47 @@ CAN_CAUSE: dict[str, dict[str, str]] = {}
 for _link in LINKS:
     CAN_CAUSE.setdefault(_link.cause, {})[_link.effect] = _link.how
 
+UNBOUNDED_HEADS = ("linear", "relu", "tanh")
+
+
+def _head_not_probabilities(ev: dict[str, Any]) -> bool:
+    """An unbounded head under a loss that expects probabilities (it normalises them or takes
+    their log): a ReLU head whose outputs all reach 0 gives 0/0 there."""
+    return ev.get("loss_expects", "probabilities") == "probabilities" and \
+        ev.get("output_activation", "linear") in UNBOUNDED_HEADS
+
+
+def _loss_unbounded(ev: dict[str, Any]) -> bool:
+    """Raw outputs under a loss that expects log-probabilities (NLL of logits): the loss falls
+    without bound as one output grows."""
+    return ev.get("loss_expects", "log_probabilities") == "log_probabilities" and \
+        ev.get("output_activation", "linear") in UNBOUNDED_HEADS
+
+
+def _head_passes_no_gradient(ev: dict[str, Any]) -> bool:
+    """A one-unit softmax (constant 1) or a ReLU head (0 and flat once its units go negative)."""
+    act, units = ev.get("output_activation"), ev.get("output_units")
+    return act is None or (act == "softmax" and units == 1) or act == "relu"
+
+
+ONLY_WHEN: dict[tuple[str, str], Callable[[dict[str, Any]], bool]] = {
+    ("output_activation_mismatch", "nan_loss"): _head_not_probabilities,
+    ("output_activation_mismatch", "softmax_overflow"): _loss_unbounded,
+    ("output_activation_mismatch", "exploding_gradients"): _loss_unbounded,
+    ("output_activation_mismatch", "zero_gradients"): _head_passes_no_gradient,
+}
+"""Links that hold only for some forms of the cause, told by its finding's evidence (the output
+mismatch has several forms; only some can produce NaN, runaway logits or zero gradients).
+Evidence that does not say (a finding built without it) keeps the link."""
+
+
+def link_holds(cause: str, effect: str, evidence: dict[str, Any]) -> bool:
+    """Whether the model links ``cause`` to ``effect`` for a cause finding with this evidence."""
+    if effect not in CAN_CAUSE.get(cause, {}):
+        return False
+    test = ONLY_WHEN.get((cause, effect))
+    return test is None or test(evidence)
+
 CONFIRM: dict[str, str] = {
     "output_activation_mismatch": "change the output activation to what the loss expects",
     "double_softmax": "remove the final softmax",
@@ -405,8 +449,9 @@ def _check() -> None:
     for code in (*CAN_CAUSE, *SETUP, *CONFIRM, *THROUGH_UPDATES, *SETTINGS, *SYMPTOMS):
         if code not in CATALOG:
             raise KeyError(f"causes.py: unknown code {code!r}")
-    if not READINGS <= set(pairs):
-        raise KeyError(f"causes.py: READINGS not in LINKS: {sorted(READINGS - set(pairs))}")
+    if not (READINGS | set(ONLY_WHEN)) <= set(pairs):
+        raise KeyError(f"causes.py: READINGS or ONLY_WHEN not in LINKS: "
+                       f"{sorted((READINGS | set(ONLY_WHEN)) - set(pairs))}")
     missing = set(CAN_CAUSE) - set(CONFIRM)
     if missing:
         raise KeyError(f"causes.py: no CONFIRM entry for {sorted(missing)}")

@@ -6,8 +6,8 @@ findings it explains under it, so a reader starts with the cause and one fix.
 
 How it decides, from the causal model in :mod:`lossprobe.causes` and the findings' steps:
 
-* a finding *explains* another when the model links its code to the other's and the time
-  fits: a set-up fault (:data:`~lossprobe.causes.SETUP`) explains its consequences whenever
+* a finding *explains* another when the model links its code to the other's (for its form,
+  :data:`~lossprobe.causes.ONLY_WHEN`) and the time fits: a set-up fault (:data:`~lossprobe.causes.SETUP`) explains its consequences whenever
   both are present; any other cause must not have begun after its consequence (steps closer
   than :data:`SAME_TIME` do not order two findings, except numeric faults dated to the exact
   step, which the phase of the step orders: the batch, then the loss, then the gradients);
@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .catalog import CATALOG, SEVERITY_RANK
-from .causes import CAN_CAUSE, CONFIRM, READINGS, SETUP, THROUGH_UPDATES, layer
+from .causes import CAN_CAUSE, CONFIRM, READINGS, SETUP, THROUGH_UPDATES, layer, link_holds
 from .config import Config
 from .findings import Finding
 
@@ -144,7 +144,7 @@ def attribute(findings: list[Finding]) -> list[RootCause]:
 
 def _explains(a: Finding, b: Finding) -> bool:
     """The causal model links a to b and the time fits (see the module docstring)."""
-    if a is b or b.code not in CAN_CAUSE.get(a.code, {}):
+    if a is b or not link_holds(a.code, b.code, a.evidence):
         return False
     if a.code in THROUGH_UPDATES and b.code in STATE and b.step <= 0:
         return False  # there before the first update

@@ -169,6 +169,20 @@ def test_a_consequence_goes_to_the_root_whose_own_findings_also_explain_it():
     assert caused_by(fs)["loss_plateau"] == "learning_rate_too_high"
 
 
+def test_a_link_that_holds_for_some_forms_of_a_cause_reads_its_evidence():
+    # a ReLU head under a probability loss gives 0/0 once its outputs die; a softmax head
+    # under NLLLoss (the log taken by hand, skorch's bug) cannot make the NaN itself
+    relu_head = {"output_activation": "relu", "loss_expects": "probabilities"}
+    softmax_nll = {"output_activation": "softmax", "loss_expects": "log_probabilities"}
+    for evidence, explains in ((relu_head, True), (softmax_nll, False)):
+        mismatch = Finding.from_detection(Detection("output_activation_mismatch", 0, evidence))
+        fs = [mismatch, finding("nan_loss", 400), finding("nonfinite_gradients", 400)]
+        roots = attribute(fs)
+        assert (roots[0].code == "output_activation_mismatch") is explains
+        assert (caused_by(fs)["nan_loss"] == "output_activation_mismatch") is explains
+        assert caused_by(fs)["nonfinite_gradients"] == (roots[0].code if explains else "nan_loss")
+
+
 def test_info_and_advice_are_never_roots_nor_causes():
     fs = [finding("learning_rate_too_high", 0, severity="info"), finding("dead_relu", 20),
           finding("converged", 100)]
