@@ -33,8 +33,7 @@ not explain. ``twin_alarms`` is the twins' share of it, ``twins`` how many twins
 ``scenarios`` every run, twins included. A twin whose loss did not fall is listed as not
 learning (its silence would prove nothing) and fails the run like a false alarm does.
 ``root_cause=C/M``: M faulty runs had two or more warning/critical findings, and C of them
-reported the planted fault as their root cause (for the TensorFlow and Paddle suites, whose
-scenarios are named by their code only, the headline code is the only right one).
+reported the planted fault as their root cause (``benchmarks/root_cause.py``).
 
 Usage::
 
@@ -357,7 +356,7 @@ def apply_config_overrides(lossprobe_module, overrides: dict) -> None:
 
 
 def score_scenarios(items: list[tuple[str, tuple[str, ...], tuple[str, ...] | None, Callable[[], object]]],
-                    quiet: bool = False) -> dict:
+                    quiet: bool = False, framework: str = "torch") -> dict:
     """Run ``(name, expect, allow, run)`` scenarios; ``run()`` returns a finished probe.
 
     A faulty scenario (``expect`` not empty) is detected when every expected code was found.
@@ -369,8 +368,9 @@ def score_scenarios(items: list[tuple[str, tuple[str, ...], tuple[str, ...] | No
     consequences) such codes are listed as notes only. A crash counts as missed + false alarm,
     and so does a run whose probe recorded no training step (it switched itself off).
     A faulty run with two or more warning/critical findings also counts toward the root-cause
-    figure (``root_cause``: [right, counted]; ``wrong_roots``: the runs whose root is not the
-    headline code). Returns the dict a runner prints as ``RESULT {json}``.
+    figure (``root_cause``: [right, counted]; ``wrong_roots``: the runs whose root is neither
+    the headline code nor a code that names the plant, ``root_cause.accepted`` for
+    ``framework``). Returns the dict a runner prints as ``RESULT {json}``.
     """
     codes: dict[str, list[int]] = {}
     res = {"codes": codes, "faulty": 0, "detected": 0, "healthy": 0, "healthy_alarms": 0,
@@ -382,7 +382,7 @@ def score_scenarios(items: list[tuple[str, tuple[str, ...], tuple[str, ...] | No
         try:
             probe = run()
             if expect:
-                roots.add(name, probe.findings, accepted(name, expect[0]))
+                roots.add(name, probe.findings, accepted(name, expect[0], framework))
             found = {f.code: f.severity for f in probe.findings}
             steps = {f.code: int(f.step) for f in probe.findings}
             learned = loss_fell(probe.history.loss_sketch()[1])
@@ -447,7 +447,7 @@ def runner_main(framework: str, doc: str, scenarios: Callable[[], list], argv: l
     apply_config_overrides(lossprobe, parse_sets(args.set))
     items = scenarios()
     keep = select([i[0] for i in items], args.k)
-    res = score_scenarios([i for i in items if i[0] in keep], quiet=args.quiet)
+    res = score_scenarios([i for i in items if i[0] in keep], quiet=args.quiet, framework=framework)
     res["framework"] = framework
     imported = [m for m in foreign if m in sys.modules]
     assert not imported, f"the {framework} runner imported {imported}"

@@ -5,20 +5,25 @@ ReLUs die, and the loss then sits at chance. Each :data:`LINKS` entry says that 
 produce another and, in a clause, by what mechanism. :mod:`lossprobe.rootcause` reads this
 model, together with when each finding began, to say which finding explains the others.
 
-Codes come in three layers, and the links run downwards (plus a few within a layer):
+Codes come in four layers (:func:`layer`), and the links run down the chain (plus a few
+within a layer):
 
-* **set-up faults** (:data:`SETUP`): mistakes in how the run is put together -- the output
-  head, the loss, the labels, the inputs, the loop, the optimizer's parameter list, the
-  initial weights, dropout, BatchNorm mode, data order. They hold from the first step on,
-  whatever step the rule first measured them at, so they explain the symptoms they can
-  produce whenever both are present;
-* **settings and mechanisms** (learning rate, exploding/vanishing gradients, dead or
-  saturated units, overflow, zero gradients): these begin at a step, and explain only what
-  began at or after it;
-* **curve symptoms** (plateau, chance level, divergence, spikes, NaN, the train/validation
-  patterns): what the loss curve shows; they explain little themselves (a climbing loss
-  grows its gradients; a specific reading of a stretch of curve explains the general one,
-  :data:`READINGS`).
+* **set-up faults** (:data:`SETUP`, and NaN in the data): mistakes in how the run is put
+  together -- the output head, the loss, the labels, the inputs, the loop, the optimizer's
+  parameter list, the initial weights, dropout, BatchNorm mode, data order. They hold from
+  the first step on, whatever step the rule first measured them at, so they explain the
+  symptoms they can produce whenever both are present;
+* **settings** (:data:`SETTINGS`: the learning rate, weight decay) and **mechanisms**
+  (exploding/vanishing gradients, dead or saturated units, overflow, NaN, zero gradients):
+  these begin at a step, and explain only what began at or after it; what acts through the
+  updates (:data:`THROUGH_UPDATES`) explains nothing already there before the first one;
+* **curve symptoms** (:data:`SYMPTOMS`: plateau, chance level, divergence, spikes, the
+  train/validation patterns): what the loss curve shows; they explain little themselves (a
+  climbing loss grows its gradients and logits, a spike can start a climb; a specific reading of a stretch of curve
+  explains the general one, :data:`READINGS`).
+
+A few links hold only for some forms of a cause, which its finding's evidence tells
+(:data:`ONLY_WHEN`); :data:`CONFIRM` says, per cause, the change that would show it is the one.
 
 ``converged`` (healthy) and ``rank_divergence`` (a data-sharding fault that nothing here
 produces and whose effects the rules do not separate from it) take part in no link.
@@ -330,6 +335,10 @@ LINKS: list[Link] = [
         "exploding_gradients": "the gradients of a loss that keeps climbing grow with it",
         "softmax_overflow": "as the loss climbs the logits grow with it, until softmax overflows",
     }),
+    *_from("loss_spike", {
+        "loss_divergence": "the update from a batch with a huge loss throws the weights far off, and the "
+                           "loss climbs from there",
+    }),
     *_from("chance_level_loss", {
         "loss_plateau": "a loss held at ln(C) is a loss that stopped falling",
     }),
@@ -404,6 +413,7 @@ def link_holds(cause: str, effect: str, evidence: dict[str, Any]) -> bool:
     test = ONLY_WHEN.get((cause, effect))
     return test is None or test(evidence)
 
+
 CONFIRM: dict[str, str] = {
     "output_activation_mismatch": "change the output activation to what the loss expects",
     "double_softmax": "remove the final softmax",
@@ -430,6 +440,7 @@ CONFIRM: dict[str, str] = {
     "zero_gradients": "compute the loss from the model's raw output",
     "loss_divergence": "restart from the last good checkpoint with a smaller step",
     "chance_level_loss": "overfit one small batch",
+    "loss_spike": "leave out the batch at the spike",
     "validation_anomaly": "train and validate on the same few batches",
 }
 """For a cause, the change that tests it: apply it and see whether its consequences go. Used
