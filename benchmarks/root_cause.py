@@ -6,16 +6,18 @@ fault as their root cause (``lossprobe.rootcause.attribute(findings)[0]``)::
     root_cause=R/M (R'/M' where a finding names the fault)
 
 The second figure leaves out the runs where no finding names the planted fault at all (a miss
-of the rules, which no attribution can make up for). A root cause is right when it is the scenario's headline code, or a code that names the same
-planted fault: :data:`ZOO_NAMES` for the zoo (written from each scenario's ``planted`` line,
-with the real-program corpus's kinds as the guide: ``benchmarks/realworld/run.py NAMES``), the
-case's ``NAMES[kind]`` for the corpus. Runs with fewer than two findings have nothing to order
-and are not counted.
+of the rules, which no attribution can make up for). A root cause is right when it is the
+scenario's headline code, or a code that names the same planted fault: :data:`ZOO_NAMES` for
+the zoo (written from each scenario's ``planted`` line, with the real-program corpus's kinds
+as the guide: ``benchmarks/realworld/run.py NAMES``), :data:`SUITE_NAMES` for the TensorFlow
+and Paddle suites, the case's ``NAMES[kind]`` for the corpus. Runs with fewer than two
+findings have nothing to order and are not counted.
 
 Example::
 
     tally = RootCauseTally()
-    tally.add("dead_relu/mlp_lr_burst_kills_relus", findings, accepted("dead_relu/mlp_lr_burst_kills_relus"))
+    name = "dead_relu/mlp_lr_burst_kills_relus"
+    tally.add(name, findings, accepted(name, "dead_relu"))
     print(tally.line())          # root_cause=1/1 (1/1 where a finding names the fault)
 """
 from __future__ import annotations

@@ -7,25 +7,24 @@ findings it explains under it, so a reader starts with the cause and one fix.
 How it decides, from the causal model in :mod:`lossprobe.causes` and the findings' steps:
 
 * a finding *explains* another when the model links its code to the other's (for its form,
-  :data:`~lossprobe.causes.ONLY_WHEN`) and the time fits: a set-up fault (:data:`~lossprobe.causes.SETUP`) explains its consequences whenever
-  both are present; any other cause must not have begun after its consequence (steps closer
-  than :data:`SAME_TIME` do not order two findings, except numeric faults dated to the exact
+  :data:`~lossprobe.causes.ONLY_WHEN`) and the time fits: a set-up fault
+  (:data:`~lossprobe.causes.SETUP`) explains its consequences whenever both are present; any
+  other cause must not have begun after its consequence (steps closer than
+  :data:`SAME_TIME` do not order two findings, except numeric faults dated to the exact
   step, which the phase of the step orders: the batch, then the loss, then the gradients);
   a cause that acts through the updates (a learning rate, weight decay, stale gradients)
   explains no state already there on the first step; a resolved cause explains only what
   began while it was active; two readings of one stretch of the loss curve
   (:data:`~lossprobe.causes.READINGS`) go together whatever their steps;
 * a root cause is a finding that nothing else explains (through any chain). Each other
-  finding goes under the root that explains it most directly (then the root with more of
-  its findings explaining it, then by :func:`_claim`: the one higher up the chain from mistake
-  to symptom, the worse, the one that explains more, the earliest), with ``caused_by`` set to that root's code. Independent
-  faults stay separate roots;
+  finding goes under the root that explains it most directly, then the root more of whose
+  own findings explain it too, then by :func:`_claim`; ``caused_by`` is set to that root's
+  code. Independent faults stay separate roots;
 * when findings explain each other and their steps do not say which came first (the
   learning rate too high and gradients exploding from the same step), each is reported as a
   root with ``confidence="undecided"``, ``alternatives`` naming the others, and a ``why``
-  that says which change would decide it; the first of them by :func:`_claim` (the earliest,
-  then the one higher up the chain from mistake to symptom) leads and holds what any of them
-  explains;
+  that says which change would decide it; the first of them by :func:`_claim` leads and
+  holds what any of them explains;
 * info findings (``converged``, advice such as a high update ratio while the loss still
   falls) are neither roots nor consequences;
 * a root whose findings have all resolved (cleared and stayed clear) is not reported: where to
@@ -33,8 +32,8 @@ How it decides, from the causal model in :mod:`lossprobe.causes` and the finding
   still counts is reported (the learning-rate burst that killed the ReLUs).
 
 Roots come worst first: by the worst severity in the group, then by how many findings each
-explains, then by :func:`_claim`; undecided causes stay together, their leader first. ``attribute(findings)[0]`` is the run's root cause and
-its ``fix_first`` the run's first fix.
+explains, then by :func:`_claim`; undecided causes stay together, their leader first.
+``attribute(findings)[0]`` is the run's root cause and its ``fix_first`` the run's first fix.
 
 Example::
 
@@ -221,7 +220,8 @@ def _why(root: Finding, members: list[Finding], edges: dict[str, list[Finding]],
         parent = root.code if d == 1 else next(
             p for p, outs in edges.items() if dist.get(p) == d - 1 and any(o is f for o in outs))
         clauses.append(f"{CAN_CAUSE[parent][f.code]} ({f.code})")
-    return f"{root.code} (from step {root.step}) explains {_and([f.code for f in members])}: " + "; ".join(clauses) + "."
+    head = f"{root.code} (from step {root.step}) explains {_and([f.code for f in members])}"
+    return f"{head}: {'; '.join(clauses)}."
 
 
 def _undecided(root: Finding, rivals: tuple[str, ...], by_code: dict[str, Finding]) -> str:
