@@ -53,6 +53,11 @@ class Recording:
     meta: dict = field(default_factory=dict)
 
 
+# pickles name the class by its module: the same whether this file runs as a script or is imported
+Recording.__module__ = "replay"
+sys.modules.setdefault("replay", sys.modules[__name__])
+
+
 def records_of(h: History) -> list[StepRecord]:
     """The StepRecords a history still holds (all of them while the run fits its window)."""
     steps = h.steps()

@@ -34,7 +34,7 @@ class Channel:
         self._boundary(raise_pending)
 
     def warn(self, key: str, msg: str) -> None:
-        """Report ``msg`` once for ``key`` (a log warning and a RuntimeWarning)."""
+        """Report ``msg`` once for ``key`` (through the ``lossprobe`` logger)."""
         self._warn(key, msg)
 
     @classmethod

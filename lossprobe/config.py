@@ -47,10 +47,10 @@ class Config:
     # -- warm-up ------------------------------------------------------------
     warmup_steps: int = 20
     """No curve verdict before this many steps: early loss is noisy and always moving."""
-    resolve_steps: int = 60
+    resolve_steps: int = 40
     """A warning whose rule has not fired for this many steps is resolved: it stays in the
-    findings and the report, but no longer counts toward the run's health. One curve window:
-    the evidence that cleared it covers as many steps as the evidence that raised it."""
+    findings and the report, but no longer counts toward the run's health. Two rule
+    evaluations (rules_every=20) in a row that no longer see it, each over a whole window."""
 
     # -- gradients ------------------------------------------------------------
     explode_factor: float = 1e3

@@ -19,7 +19,6 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import warnings
 from pathlib import Path
 from typing import Any, Iterable
 

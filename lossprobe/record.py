@@ -125,6 +125,9 @@ class Facts:
     * ``output_activation``: the activation applied last to the model's output
       ("softmax" | "log_softmax" | "sigmoid" | "tanh" | "relu" | "linear" | "");
       ``output_units`` (its last dimension), ``output_layer`` (the layer that made it),
+      ``loss_input_activation``: the activation applied last to what the loss receives (it
+      differs from the output's when the program transforms the output on its way to the
+      loss: ``log(softmax(x))`` is "log_softmax", a sigmoid applied in the loss call),
       ``output_activation_index``: the index into ``Layout.activations`` of the watched
       activation that *is* the model output (-1: none).
     * ``in_optimizer``: per parameter, held by the optimizer (None until known).
@@ -146,6 +149,7 @@ class Facts:
     output_units: int = 0
     output_layer: str = ""
     output_activation_index: int = -1
+    loss_input_activation: str = ""
     in_optimizer: tuple[bool, ...] | None = None
     dropout_rates: tuple[tuple[str, float], ...] = ()
     steps_per_epoch: int = 0
@@ -156,6 +160,7 @@ class Facts:
             "loss_from_logits": self.loss_from_logits, "output_activation": self.output_activation,
             "output_units": self.output_units, "output_layer": self.output_layer,
             "output_activation_index": self.output_activation_index,
+            "loss_input_activation": self.loss_input_activation,
             "in_optimizer": None if self.in_optimizer is None else list(self.in_optimizer),
             "dropout_rates": [list(d) for d in self.dropout_rates], "steps_per_epoch": self.steps_per_epoch,
         }
@@ -187,6 +192,7 @@ class StepRecord:
     logit_std: float = NAN
     output_mean: float = NAN
     softmax_saturation: float = NAN       # share of rows whose top-1 minus runner-up logit is >= -ln(fp32 tiny)
+    softmax_underflow: float = NAN        # share of rows whose top-1 minus lowest logit is >= -ln(fp32 tiny)
     prob_rows: float = NAN                # share of rows that already look like probabilities
     output_nonfinite: float = NAN         # count of NaN/Inf in outputs
     # inputs
@@ -229,7 +235,7 @@ class StepRecord:
 
 SCALAR_FIELDS = (
     "loss", "loss_seen", "lr", "grad_norm", "grad_carried", "logit_abs_max", "logit_std", "output_mean",
-    "softmax_saturation", "prob_rows", "output_nonfinite", "input_abs_max", "input_mean", "input_std",
+    "softmax_saturation", "softmax_underflow", "prob_rows", "output_nonfinite", "input_abs_max", "input_mean", "input_std",
     "input_nonfinite", "target_min", "target_max", "target_mean", "target_std", "target_distinct",
     "target_is_index", "target_fractional", "batch_size", "bn_eval_in_train",
 )

@@ -28,7 +28,9 @@ def resolve_conflicts(dets: list[Detection]) -> list[Detection]:
     (divergence, spike, plateau, oscillation) are noise around the real cause."""
     codes = {d.code for d in dets}
     drop = set()
-    if "converged" in codes:
+    if codes & {"softmax_overflow", "zero_gradients", "exploding_gradients", "stale_gradients"}:
+        drop |= {"converged"}   # a flat loss there is the fault at work, not a finished run
+    if "converged" in codes - drop:
         drop |= {"loss_plateau", "learning_rate_too_low"}
     if "nan_loss" in codes:
         drop |= {"loss_plateau", "loss_oscillation", "converged"}
@@ -55,7 +57,7 @@ class Verdict:
     :meth:`take_critical` -- the probe raises them under ``on_critical="raise"``.
     """
 
-    def __init__(self, collect_critical: bool = False, resolve_steps: int = 60):
+    def __init__(self, collect_critical: bool = False, resolve_steps: int = 40):
         self.collect_critical = collect_critical
         self.resolve_steps = resolve_steps
         self._findings: dict[str, Finding] = {}

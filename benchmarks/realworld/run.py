@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(c, w) for c in cases for w in ("buggy", "fixed")]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        record = Path(args.record) if args.record else None
+        record = Path(args.record).resolve() if args.record else None
         results = list(pool.map(lambda cw: run_program(cw[0], cw[1], args.seed, args.timeout, record), jobs))
     by = {(c.id, w): r for (c, w), r in zip(jobs, results)}
     if record is not None:

@@ -30,10 +30,11 @@ that the step itself advances. So the compiled step updates the statistics on ev
 no host involvement. Activation statistics, parameter norms and update/weight ratios run
 under a ``tf.cond`` that is true every ``activation_every`` steps only.
 
-Update/weight ratios are measured on a fixed, evenly strided sample of at most
-``_UPDATE_SAMPLE`` elements per weight tensor (exact for tensors smaller than that): a copy of
-the sample is taken at the end of the step before a sampled one and compared at the end of
-the sampled step, so no full copy of the weights is ever kept.
+The statistics, their columns in the ring and their decoding are :mod:`lossprobe.capture`'s
+(the same for every framework). Update/weight ratios are measured on the fixed sample of at
+most ``UPDATE_SAMPLE`` elements per weight tensor that every backend uses: a copy of the
+sample is taken at the end of the step before a sampled one and compared at the end of the
+sampled step, so no full copy of the weights is ever kept.
 
 The host reads the ring once every ``flush_every`` steps: from a Keras callback that the
 wrapped ``model.fit`` adds (it uses only ``on_train_batch_begin``, which keeps Keras' async
@@ -61,29 +62,22 @@ import numpy as np
 import tensorflow as tf
 import keras
 
-from .base import CaptureGuard
+from .base import CaptureGuard, claim
+from ..capture import stats
+from ..capture.buffer import Columns
 from ..capture.facts import FactSheet
+from ..capture.ops import first_tensor, ops_for
+from ..capture.spec import MISSING, is_sampled, update_sample_index
 from ..record import Flush, Layout, StepRecord
 
-_UPDATE_SAMPLE = 4096  # elements per weight tensor used for update/weight ratios
 _ATTACHED: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
-
-# fixed columns of the ring buffer; per-parameter and per-activation blocks follow
-_LOSS, _LOSS_SEEN, _LR = 0, 1, 2
-_X = 3        # input: nonfinite count, |x| max, mean, std
-_OUT = 7      # output: |y| max, std, softmax saturation, probability rows, nonfinite count
-_TGT = 12     # targets: min, max, distinct classes, is index, batch size
-_FIXED = 17
 _STALE = object()
-_MISSING = -1.0  # grad-norm sentinel: the variable got no gradient (norms are >= 0 or nan)
 
 _ACT_NAMES = {"relu": "relu", "relu6": "relu", "sigmoid": "sigmoid", "tanh": "tanh", "softmax": "softmax"}
+_OUTPUT_ACTIVATIONS = {**_ACT_NAMES, "log_softmax": "log_softmax", "linear": "linear", "leaky_relu": "relu"}
 _CE = ("sparse_categorical_crossentropy", "categorical_crossentropy")
 _REGRESSION = ("mean_squared_error", "mse", "mean_absolute_error", "mae", "huber", "log_cosh",
                "mean_squared_logarithmic_error", "msle", "mean_absolute_percentage_error", "mape")
-
-
-_OUTPUT_ACTIVATIONS = {**_ACT_NAMES, "log_softmax": "log_softmax", "linear": "linear", "leaky_relu": "relu"}
 
 
 def _keras_activation(fn: Any) -> str:
@@ -97,10 +91,6 @@ def _keras_activation(fn: Any) -> str:
     if isinstance(name, dict):
         name = name.get("config", name.get("class_name"))
     return str(name).lower() if name else ""
-
-
-def _activation_name(fn: Any) -> str | None:
-    return _ACT_NAMES.get(_keras_activation(fn))
 
 
 def _output_activation(fn: Any) -> str:
@@ -120,20 +110,16 @@ def _layer_kind(layer: Any) -> str | None:
         return "softmax"
     if isinstance(layer, keras.Model):
         return None
-    return _activation_name(getattr(layer, "activation", None))
+    act = getattr(layer, "activation", None)
+    return _ACT_NAMES.get(_keras_activation(act)) if act is not None else None
 
 
 def _loss_facts(loss: Any) -> dict[str, Any]:
     """Facts about a compiled loss: kind, Keras name, from_logits. Keras cross-entropy on
     probabilities (``from_logits=False``, the default) expects normalised outputs, as
     torch's NLLLoss does: it is reported as "nll" so no rule mistakes it for a logits loss."""
-    kind, name, from_logits = _loss_kind(loss)
-    return {"loss_kind": kind, "loss_name": name, "loss_from_logits": from_logits if name else None}
-
-
-def _loss_kind(loss: Any) -> tuple[str, str, bool]:
     if loss is None or isinstance(loss, (list, tuple, dict)):
-        return "", "", False
+        return {"loss_kind": "", "loss_name": "", "loss_from_logits": None}
     from_logits = False
     if isinstance(loss, str):
         name = loss
@@ -142,39 +128,14 @@ def _loss_kind(loss: Any) -> tuple[str, str, bool]:
         name = getattr(fn, "__name__", None) or getattr(loss, "name", None) or getattr(loss, "__name__", "")
         from_logits = bool(getattr(loss, "_fn_kwargs", {}).get("from_logits", getattr(loss, "from_logits", False)))
     name = str(name).lower()
+    kind = ""
     if name in _CE:
-        return ("cross_entropy" if from_logits else "nll"), name, from_logits
-    if name == "binary_crossentropy":
-        return ("bce_logits" if from_logits else "bce"), name, from_logits
-    if name in _REGRESSION:
-        return "mse", name, from_logits
-    return "", name, from_logits
-
-
-def _first_tensor(obj: Any):
-    """The tensor an input/output most likely means (tensors as-is; dict by common keys;
-    sequences: the first tensor)."""
-    if isinstance(obj, (tf.Tensor, tf.Variable)) or (hasattr(obj, "dtype") and hasattr(obj, "shape")
-                                                     and not isinstance(obj, (dict, list, tuple))):
-        return obj
-    if isinstance(obj, dict):
-        for key in ("logits", "output", "out", "y_pred"):
-            if key in obj:
-                return _first_tensor(obj[key])
-        obj = list(obj.values())
-    if isinstance(obj, (list, tuple)):
-        for v in obj:
-            t = _first_tensor(v)
-            if t is not None:
-                return t
-    return None
-
-
-def _is_float(t) -> bool:
-    try:
-        return tf.as_dtype(t.dtype).is_floating
-    except Exception:
-        return False
+        kind = "cross_entropy" if from_logits else "nll"
+    elif name == "binary_crossentropy":
+        kind = "bce_logits" if from_logits else "bce"
+    elif name in _REGRESSION:
+        kind = "mse"
+    return {"loss_kind": kind, "loss_name": name, "loss_from_logits": from_logits if kind != "mse" else None}
 
 
 def _symbolic(args) -> bool:
@@ -195,6 +156,23 @@ def _tape_active() -> bool:
         return bool(record.could_possibly_record())
     except Exception:
         return False
+
+
+def _position(fn, name: str, default: int) -> int:
+    """The positional index (after self) of argument ``name`` of a Keras method, looked up on
+    the unwrapped function: a user's ``*args, **kwargs`` decorator around ``fit`` hides it."""
+    try:
+        params = list(inspect.signature(inspect.unwrap(fn)).parameters)
+        params = params[1:] if params and params[0] == "self" else params
+        return params.index(name)
+    except (TypeError, ValueError):
+        return default
+
+
+def _argument(args, kwargs, name: str, at: int, default=None):
+    if name in kwargs:
+        return kwargs[name]
+    return args[at] if len(args) > at else default
 
 
 class _FitCallback(keras.callbacks.Callback):
@@ -234,17 +212,14 @@ class KerasBackend(CaptureGuard):
             raise TypeError(
                 f"lossprobe: {type(model).__module__}.{type(model).__qualname__} is not a Keras 3 model; "
                 "lossprobe supports Keras 3 (keras>=3, the tf.keras of TensorFlow >= 2.16), not legacy tf_keras.")
-        if model in _ATTACHED:
-            raise RuntimeError(
-                "lossprobe.attach: this model already has a probe attached; call probe.detach() "
-                "on the first one (or use it as a context manager) before attaching again.")
+        claim(_ATTACHED, model)
+        self.ops = ops_for("tensorflow")
         self.model = model
         self.cfg = config
         self.optimizer = optimizer
         self.channel = None
         self.n_host_reads = 0
         self.validation_losses_seen = 0
-        self._patches: list[tuple[Any, str, bool, Any]] = []
         self._patched_opts: set[int] = set()
         self._disabled: set[str] = set()
         self._armed = False
@@ -263,11 +238,8 @@ class KerasBackend(CaptureGuard):
         self._now: dict[int, Any] = {}     # this step's queued columns (while tracing)
         self._later: list[tuple[int, int, Any]] = []
         # activation layers are known before the model is built
-        acts = []
-        for layer in self._layers():
-            kind = _layer_kind(layer)
-            if kind:
-                acts.append((layer, kind))
+        acts = [(layer, _layer_kind(layer)) for layer in self._layers()]
+        acts = [(layer, kind) for layer, kind in acts if kind]
         self._act_layers = [l for l, _ in acts]
         self._kinds = [k for _, k in acts]
         self.layout = Layout(framework="tensorflow", activations=[self._layer_name(l) for l, _ in acts],
@@ -353,14 +325,14 @@ class KerasBackend(CaptureGuard):
     # -- lifecycle ----------------------------------------------------------------------
     def start(self, channel) -> None:
         self.channel = channel
-        _ATTACHED[self.model] = channel
+        _ATTACHED[self.model] = self
         m = self.model
-        self._patch(m, "call", self._wrap_model_call(m.call))
-        self._patch(m, "train_step", self._wrap_train_step(m.train_step))
-        self._patch(m, "compute_loss", self._wrap_compute_loss(m.compute_loss))
-        self._patch(m, "fit", self._wrap_fit(m.fit))
+        self._patch(m, "call", self._wrap_model_call)
+        self._patch(m, "train_step", self._wrap_train_step)
+        self._patch(m, "compute_loss", self._wrap_compute_loss)
+        self._patch(m, "fit", self._wrap_fit)
         for j, layer in enumerate(self._act_layers):
-            self._patch(layer, "call", self._wrap_layer_call(layer.call, j))
+            self._patch(layer, "call", functools.partial(self._wrap_layer_call, j=j))
         if self.optimizer is None and getattr(m, "optimizer", None) is not None:
             self.optimizer = m.optimizer
         if self.optimizer is not None:
@@ -375,15 +347,7 @@ class KerasBackend(CaptureGuard):
     def detach(self) -> None:
         self._detached = True
         self._armed = False
-        for obj, name, had, old in reversed(self._patches):
-            try:
-                if had:
-                    setattr(obj, name, old)
-                else:
-                    delattr(obj, name)
-            except Exception:
-                pass
-        self._patches.clear()
+        self._unpatch()
         m = self.model
         # drop compiled functions that hold the wrappers; Keras re-traces clean ones on next use
         if self._in_fit:
@@ -397,16 +361,11 @@ class KerasBackend(CaptureGuard):
             m.predict_function = None
         _ATTACHED.pop(m, None)
 
-    def _patch(self, obj, name: str, fn) -> None:
-        had = name in vars(obj)
-        self._patches.append((obj, name, had, vars(obj).get(name)))
-        setattr(obj, name, fn)
-
     def _patch_optimizer(self, opt) -> None:
         if id(opt) in self._patched_opts or not hasattr(opt, "apply"):
             return
         self._patched_opts.add(id(opt))
-        self._patch(opt, "apply", self._wrap_apply(opt, opt.apply))
+        self._patch(opt, "apply", functools.partial(self._wrap_apply, opt))
 
     def _arm(self) -> bool:
         """Create the device buffers (needs the trainable variables). Idempotent."""
@@ -420,18 +379,19 @@ class KerasBackend(CaptureGuard):
         if replicas > 1:
             raise NotImplementedError(f"lossprobe: training under a distribution strategy with {replicas} "
                                       "replicas is not supported yet; the probe stays off")
-        n_p, n_a = len(self.layout.params), len(self.layout.activations)
-        self.n_p, self.n_a = n_p, n_a
-        self._GRAD, self._PNORM = _FIXED, _FIXED + n_p
-        self._UPD, self._ACT = _FIXED + 2 * n_p, _FIXED + 3 * n_p
-        self.K = _FIXED + 3 * n_p + 3 * n_a
+        self.columns = Columns(self.layout)
+        self.K = self.columns.width
         self._sample_plan()
         with tf.init_scope():
             self.R = int(self.cfg.flush_every) + 9   # room for one execution of 1 step past the flush point
             self.buf = tf.Variable(tf.fill([self.R, self.K], math.nan), trainable=False, name="lossprobe_ring")
             self.step_var = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="lossprobe_step")
             self.shadow = tf.Variable(tf.zeros([max(1, self._shadow_len)]), trainable=False, name="lossprobe_shadow")
+            self.shadow_norms = tf.Variable(tf.zeros([max(1, self.layout.n_params)]), trainable=False,
+                                            name="lossprobe_shadow_norms")
             self.shadow_step = tf.Variable(tf.constant(-1, tf.int64), trainable=False, name="lossprobe_shadow_step")
+        if tf.executing_eagerly():   # step 0 is sampled: the weights before its update are these (armed
+            self._safe("updates", self._snap, 0)   # while tracing an unbuilt model's step: not readable yet)
         self._observe_fn = tf.function(self._observe_graph, reduce_retracing=True)
         self._observe_opt = None
         self._armed = True
@@ -449,12 +409,13 @@ class KerasBackend(CaptureGuard):
             self._own_train_fn = None
 
     def _sample_plan(self) -> None:
+        """Each weight tensor's update sample: (parameter, offset in the shadow, indices, count)."""
         plan, off = [], 0
         for i in self.weight_idx:
             size = self.layout.param_sizes[i]
-            stride = max(1, size // _UPDATE_SAMPLE)
-            n = len(range(0, size, stride)[:_UPDATE_SAMPLE])
-            plan.append((i, off, n, stride))
+            index = update_sample_index(size)
+            n = size if index is None else len(index)
+            plan.append((i, off, index, n))
             off += n
         self._plan, self._shadow_len = plan, off
 
@@ -529,23 +490,15 @@ class KerasBackend(CaptureGuard):
         return train_step
 
     def _wrap_compute_loss(self, orig):
-        try:
-            sig = inspect.signature(orig)
-        except (TypeError, ValueError):
-            sig = None
+        method = type(self.model).compute_loss
+        at_y, at_pred, at_training = (_position(method, n, d) for n, d in (("y", 1), ("y_pred", 2), ("training", 4)))
 
         @functools.wraps(orig)
         def compute_loss(*args, **kwargs):
             loss = orig(*args, **kwargs)
-            if self._in_train_step and self._armed:
-                a = {}
-                if sig is not None:
-                    try:
-                        a = sig.bind_partial(*args, **kwargs).arguments
-                    except TypeError:
-                        a = {}
-                if a.get("training", True) is not False:
-                    self._safe("loss", self._loss_stats, loss, a.get("y"), a.get("y_pred"))
+            if self._in_train_step and self._armed and _argument(args, kwargs, "training", at_training, True) is not False:
+                self._safe("loss", self._loss_stats, loss, _argument(args, kwargs, "y", at_y),
+                           _argument(args, kwargs, "y_pred", at_pred))
             return loss
         return compute_loss
 
@@ -557,6 +510,8 @@ class KerasBackend(CaptureGuard):
             if active:
                 variables = list(trainable_variables) if trainable_variables is not None else \
                     list(getattr(opt, "_trainable_variables", []))
+                held = {id(v) for v in variables}
+                self.facts.learn(in_optimizer=tuple(id(v) in held for v in self._vars))
                 self._safe("gradients", self._grad_stats, grads, variables, opt, True)
             out = orig(grads, trainable_variables)
             if active:
@@ -565,18 +520,12 @@ class KerasBackend(CaptureGuard):
         return apply
 
     def _wrap_fit(self, orig):
-        try:
-            sig = inspect.signature(orig)
-        except (TypeError, ValueError):
-            sig = None
+        at = _position(type(self.model).fit, "callbacks", 5)
 
         @functools.wraps(orig)
         def fit(*args, **kwargs):
-            if sig is None:
-                return orig(*args, **kwargs)
-            ba = sig.bind(*args, **kwargs)
-            cbs = ba.arguments.get("callbacks")
             mine = _FitCallback(self)
+            cbs = _argument(args, kwargs, "callbacks", at)
             if cbs is None:
                 cbs = [mine]
             elif isinstance(cbs, keras.callbacks.CallbackList):
@@ -584,9 +533,12 @@ class KerasBackend(CaptureGuard):
                 mine.set_model(self.model)
             else:
                 cbs = list(cbs) + [mine]
-            ba.arguments["callbacks"] = cbs
+            if "callbacks" not in kwargs and len(args) > at:
+                args = (*args[:at], cbs, *args[at + 1:])
+            else:
+                kwargs["callbacks"] = cbs
             try:
-                return orig(*ba.args, **ba.kwargs)
+                return orig(*args, **kwargs)
             finally:
                 self._in_fit = False   # also when fit stopped on an exception (no on_train_end)
         return fit
@@ -600,6 +552,9 @@ class KerasBackend(CaptureGuard):
     def _fit_begin(self, params: dict) -> None:
         m = self.model
         self._in_fit = True
+        steps = params.get("steps")
+        if isinstance(steps, int) and steps >= 2:
+            self.facts.learn(steps_per_epoch=steps)   # epochs make the loss curve's natural scale
         if getattr(m, "optimizer", None) is not None:
             if self.optimizer is not m.optimizer:
                 self.optimizer = m.optimizer
@@ -642,15 +597,16 @@ class KerasBackend(CaptureGuard):
         return tf.cast(tf.math.floormod(self.step_var, self.R), tf.int32)
 
     def _sampled(self, ahead: int = 0):
-        return tf.equal(tf.math.floormod(self.step_var + ahead, int(self.cfg.activation_every)), 0)
+        return is_sampled(self.step_var + ahead, tf.constant(int(self.cfg.activation_every), tf.int64))
 
-    def _put(self, col: int, vals) -> None:
-        """Queue values for columns ``col...`` of this step's row (written by ``_emit``)."""
-        self._now[col] = tf.reshape(tf.cast(vals, tf.float32), [-1])
+    def _put(self, name: str, vals, j: int | None = None) -> None:
+        """Queue values for statistic ``name``'s columns of this step's row (written by ``_emit``)."""
+        self._now[int(self.columns.span(name, j)[0])] = tf.reshape(tf.cast(vals, tf.float32), [-1])
 
-    def _put_sampled(self, col: int, n: int, fn) -> None:
-        """Queue ``fn()`` (``n`` values), computed only on sampled steps (else nan)."""
-        self._later.append((col, n, fn))
+    def _put_sampled(self, name: str, fn, j: int | None = None) -> None:
+        """Queue ``fn()``, computed only on sampled steps (else nan)."""
+        cols = self.columns.span(name, j)
+        self._later.append((int(cols[0]), len(cols), fn))
 
     def _emit(self, full_row: bool) -> None:
         """Write everything queued in one scatter, the sampled part under one ``tf.cond``.
@@ -690,110 +646,55 @@ class KerasBackend(CaptureGuard):
             idx = tf.stack([tf.fill([cols.size], row), tf.constant(cols)], axis=1)
             self.buf.scatter_nd_update(idx, tf.concat(list(pieces.values()), 0))
 
-    @staticmethod
-    def _std(y):
-        return tf.math.reduce_std(y) if y.shape.num_elements() != 1 else tf.zeros([])
-
     def _input_stats(self, args, kwargs) -> None:
-        x = _first_tensor(list(args) + list(kwargs.values()))
-        if x is None or not _is_float(x):
+        x = first_tensor(self.ops, (args, kwargs))
+        if x is None or not self.ops.is_float(x):
             return
-        x = tf.cast(tf.stop_gradient(x), tf.float32)
-        bad = tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(x)), tf.float32))
-        self._put(_X, bad[None])
-        self._put_sampled(_X + 1, 3, lambda: tf.stack([tf.reduce_max(tf.abs(x)), tf.reduce_mean(x), self._std(x)]))
+        self._put("batch", self.ops.dim0(x))
+        self._put("input_nonfinite", stats.input_nonfinite(self.ops, x))
+        self._put_sampled("input", lambda: stats.input_stats(self.ops, x))
 
     def _output_stats(self, out) -> None:
-        y = _first_tensor(out)
-        if y is None or not _is_float(y):
+        y = first_tensor(self.ops, out)
+        if y is None or not self.ops.is_float(y):
             return
         self._infer_classes(y.shape)
-        y = tf.cast(tf.stop_gradient(y), tf.float32)
-        self._put(_OUT, tf.reduce_max(tf.abs(y))[None])
-
-        def stats():
-            nan = tf.constant(math.nan)
-            if y.shape.rank is not None and y.shape.rank >= 2 and (y.shape[-1] or 0) >= 2:
-                y2 = tf.reshape(y, [-1, tf.shape(y)[-1]])
-                sat = tf.reduce_mean(tf.cast(tf.reduce_max(tf.nn.softmax(y2, -1), -1) >= 1.0, tf.float32))
-                prob = tf.reduce_mean(tf.cast(
-                    (tf.reduce_min(y2, -1) >= 0) & (tf.reduce_max(y2, -1) <= 1)
-                    & (tf.abs(tf.reduce_sum(y2, -1) - 1) < 1e-3), tf.float32))
-            else:
-                sat = prob = nan
-            bad = tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(y)), tf.float32))
-            return tf.stack([self._std(y), sat, prob, bad])
-        self._put_sampled(_OUT + 1, 4, stats)
+        self._put_sampled("output", lambda: stats.output_stats(self.ops, y))
 
     def _act_stats(self, j: int, out) -> None:
-        y = _first_tensor(out)
-        if y is None or not _is_float(y):
+        y = first_tensor(self.ops, out)
+        if y is None or not self.ops.is_float(y):
             return
-        y = tf.cast(tf.stop_gradient(y), tf.float32)
-        kind = self.layout.kinds[j]
-        layer = self._act_layers[j]
-
-        def stats():
-            nan = tf.constant(math.nan)
-            dead = sat = nan
-            rank = y.shape.rank or 0
-            if kind == "relu" and rank >= 2:
-                z = y
-                if getattr(layer, "data_format", "channels_last") == "channels_first" and rank >= 3:
-                    z = tf.experimental.numpy.moveaxis(z, 1, -1)
-                z = tf.reshape(z, [-1, tf.shape(z)[-1]])
-                dead = tf.reduce_mean(tf.cast(tf.reduce_max(z, 0) <= 0, tf.float32))
-            elif kind == "sigmoid":
-                sat = tf.reduce_mean(tf.cast((y < 1e-3) | (y > 1 - 1e-3), tf.float32))
-            elif kind == "tanh":
-                sat = tf.reduce_mean(tf.cast(tf.abs(y) > 1 - 1e-3, tf.float32))
-            return tf.stack([dead, sat, self._std(y)])
-        self._put_sampled(self._ACT + 3 * j, 3, stats)
+        channels_first = getattr(self._act_layers[j], "data_format", "channels_last") == "channels_first"
+        axis = 1 if channels_first and (y.shape.rank or 0) >= 3 else -1
+        self._put_sampled("act", lambda: stats.activation_stats(self.ops, y, self.layout.kinds[j], axis), j)
 
     def _loss_stats(self, loss, y, y_pred) -> None:
-        loss = tf.cast(tf.stop_gradient(tf.convert_to_tensor(loss)), tf.float32)
-        self._put(_LOSS, tf.stack([tf.reduce_mean(loss), tf.constant(1.0)]))
+        loss = self.ops.f32(tf.convert_to_tensor(loss))
+        self._put("loss", tf.stack([tf.reduce_mean(loss), tf.constant(1.0)]))
         if y is not None:
             self._target_stats(y, y_pred)
 
     def _target_stats(self, y, y_pred=None) -> None:
-        y = _first_tensor(y)
+        y = first_tensor(self.ops, y)
         if y is None:
             return
         y = tf.stop_gradient(tf.convert_to_tensor(y))
         if y.shape.rank == 0:
             return
         if y_pred is not None:
-            yp = _first_tensor(y_pred)
+            yp = first_tensor(self.ops, y_pred)
             if yp is not None:
                 self._infer_classes(yp.shape)
-        facts = self.facts.facts
-        c, kind = facts.n_classes, facts.loss_kind
-        one_hot = (_is_float(y) and c >= 2 and y.shape.rank is not None and y.shape.rank >= 2
-                   and y.shape[-1] == c and kind in ("cross_entropy", "nll"))
-        sparse_float = _is_float(y) and c >= 2 and facts.loss_name == _CE[0]
-
-        def stats():
-            nan = tf.constant(math.nan)
-            if one_hot:
-                idx = tf.reshape(tf.argmax(y, -1, output_type=tf.int32), [-1])
-                yf = tf.cast(idx, tf.float32)
-            else:
-                yf = tf.reshape(tf.cast(y, tf.float32), [-1])
-                idx = tf.cast(yf, tf.int32)
-            is_index = one_hot or sparse_float or (not _is_float(y))
-            if is_index and c >= 2:
-                counts = tf.reduce_sum(tf.one_hot(tf.clip_by_value(idx, 0, c - 1), c), 0)
-                distinct = tf.reduce_sum(tf.cast(counts > 0, tf.float32))
-            else:
-                distinct = nan
-            batch = tf.cast(tf.shape(y)[0], tf.float32)
-            return tf.stack([tf.reduce_min(yf), tf.reduce_max(yf), distinct,
-                             tf.constant(1.0 if is_index else 0.0), batch])
-        self._put_sampled(_TGT, 5, stats)
+        f = self.facts.facts
+        c = f.n_classes
+        one_hot = (self.ops.is_float(y) and c >= 2 and y.shape.rank is not None and y.shape.rank >= 2
+                   and y.shape[-1] == c and f.loss_kind in ("cross_entropy", "nll"))
+        sparse = self.ops.is_float(y) and c >= 2 and f.loss_name == _CE[0]  # float labels read as classes
+        self._put_sampled("target", lambda: stats.target_stats(self.ops, y, c, one_hot, sparse))
 
     def _grad_stats(self, grads, variables, opt, unscale: bool = False) -> None:
-        norms = [tf.constant(_MISSING)] * self.n_p
+        norms = [tf.constant(MISSING)] * self.layout.n_params
         scale = None
         if unscale and opt is not None and hasattr(opt, "scale_loss"):
             # fit differentiates optimizer.scale_loss(loss): mixed-precision loss scaling
@@ -809,16 +710,16 @@ class KerasBackend(CaptureGuard):
                 continue
             if isinstance(g, tf.IndexedSlices):
                 g = g.values
-            norms[i] = tf.norm(tf.cast(tf.stop_gradient(g), tf.float32))
+            norms[i] = tf.norm(self.ops.f32(g))
             if scale is not None:
                 norms[i] = norms[i] / scale
-        self._put(self._GRAD, tf.stack(norms))
+        self._put("grad", tf.stack(norms))
         self._put_lr(opt)
 
     def _var_idx_by_path(self, v):
         path = str(getattr(v, "path", None) or getattr(v, "name", ""))
         try:
-            return self.layout.params.index(path)
+            return list(self.layout.params).index(path)
         except ValueError:
             return None
 
@@ -830,42 +731,51 @@ class KerasBackend(CaptureGuard):
             lr = tf.cast(tf.convert_to_tensor(getattr(lr, "value", lr)), tf.float32)
         except Exception:
             return
-        self._put(_LR, tf.reshape(lr, [1]))
+        self._put("lr", tf.reshape(lr, [1]))
 
-    def _sample(self, i: int, n: int, stride: int):
-        flat = tf.reshape(_value(self._vars[i]), [-1])
-        return flat[: n * stride: stride] if stride > 1 else flat[:n]
+    def _samples(self):
+        """The current values of every weight tensor's update sample."""
+        out = []
+        for i, _, index, _ in self._plan:
+            out.append(stats.weight_sample(self.ops, _value(self._vars[i]), index))
+        return out
 
     def _close_step(self) -> None:
         """End of a training step (in-graph): parameter norms and update ratios on sampled
         steps, the pre-step snapshot for the next sampled step, step += 1, clear the next row."""
-        n_p = self.n_p
-
-        def sampled_stats():
-            pn = tf.stack([tf.norm(_value(v)) for v in self._vars])
-            upd = [tf.constant(math.nan)] * n_p
-            valid = tf.equal(self.shadow_step, self.step_var)
-            for i, off, n, stride in self._plan:
-                before = self.shadow[off:off + n]
-                diff = tf.norm(self._sample(i, n, stride) - before)
-                ratio = diff / tf.maximum(tf.norm(before), 1e-30)
-                upd[i] = tf.where(valid, ratio, math.nan)
-            return tf.concat([pn, tf.stack(upd)], 0)
-
         if "updates" not in self._disabled:
-            self._put_sampled(self._PNORM, 2 * n_p, sampled_stats)
+            self._put_sampled("param_norm", self._sampled_norms)
+            self._put_sampled("update", self._sampled_updates)
         self._safe("emit", self._emit, bool(self._in_train_step))
-
-        def snap():  # copy the weight samples before a sampled step's update
-            cur = tf.concat([self._sample(i, n, s) for i, _, n, s in self._plan], 0) \
-                if self._plan else tf.zeros([1])
-            self.shadow.assign(cur)
-            self.shadow_step.assign(self.step_var + 1)
-            return tf.constant(0)
-        self._safe("updates", lambda: tf.cond(self._sampled(1), snap, lambda: tf.constant(0)))
+        # before a sampled step's update: its parameter norms and weight samples
+        self._safe("updates", lambda: tf.cond(self._sampled(1), lambda: self._snap(self.step_var + 1),
+                                              lambda: tf.constant(0)))
         self.step_var.assign_add(1)
         if not self._in_train_step:  # custom loop: the next forward writes part of a row
             self.buf.scatter_update(tf.IndexedSlices(tf.fill([1, self.K], math.nan), self._row()[None]))
+
+    def _snap(self, step):
+        """Copy the parameter norms and the weight samples; they belong to sampled step ``step``."""
+        self.shadow.assign(tf.concat(self._samples(), 0) if self._plan else tf.zeros([1]))
+        self.shadow_norms.assign(stats.param_norms(self.ops, [_value(v) for v in self._vars]))
+        self.shadow_step.assign(tf.cast(step, tf.int64))
+        return tf.constant(0)
+
+    def _sampled_norms(self):
+        """The parameter norms before this step's update (nan where the snapshot is not this step's)."""
+        valid = tf.equal(self.shadow_step, self.step_var)
+        return tf.where(valid, self.shadow_norms[:self.layout.n_params], math.nan)
+
+    def _sampled_updates(self):
+        """|dW| / |W| per weight tensor on its sample (nan where the snapshot is not this step's)."""
+        ratios = [tf.constant(math.nan)] * self.layout.n_params
+        if self._plan:
+            before = [self.shadow[off:off + n] for _, off, _, n in self._plan]
+            valid = tf.equal(self.shadow_step, self.step_var)
+            r = stats.update_ratios(self.ops, before, self._samples())
+            for k, (i, _, _, _) in enumerate(self._plan):
+                ratios[i] = tf.where(valid, r[k], math.nan)
+        return tf.stack(ratios)
 
     # -- observe(): custom GradientTape loops --------------------------------------------------
     def observe(self, loss, targets, val_loss, gradients, step) -> None:
@@ -882,9 +792,9 @@ class KerasBackend(CaptureGuard):
         grads = None
         if gradients is not None:
             grads = [g[0] if isinstance(g, tuple) else g for g in gradients]
-            if len(grads) != self.n_p:
+            if len(grads) != self.layout.n_params:
                 raise ValueError(f"observe(gradients=...): got {len(grads)} gradients for "
-                                 f"{self.n_p} trainable variables (pass tape.gradient(loss, model.trainable_variables))")
+                                 f"{self.layout.n_params} trainable variables (pass tape.gradient(loss, model.trainable_variables))")
         if loss is not None and not isinstance(loss, (tf.Tensor, tf.Variable)):
             loss = tf.constant(float(loss), tf.float32)
         opt = self.optimizer if self.optimizer is not None else getattr(self.model, "optimizer", None)
@@ -944,7 +854,7 @@ class KerasBackend(CaptureGuard):
         start = max(self._flushed, now - self.R + 1)
         if start > self._flushed:
             self._warn("ring", f"{start - self._flushed} steps were overwritten before "
-                                  "they were read (raise flush_every's ring or flush more often)")
+                       "they were read (raise flush_every's ring or flush more often)")
         records = [self._decode(s, ring[s % self.R]) for s in range(start, now)]
         self._flushed = now
         self._epoch_base += now - self._host_steps   # the host's step estimate, corrected
@@ -960,39 +870,13 @@ class KerasBackend(CaptureGuard):
         self.channel.ingest(Flush(records=records, val_points=val_points, facts=self.facts.facts, layout=layout))
 
     def _decode(self, step: int, row: np.ndarray) -> StepRecord:
-        rec = StepRecord.empty(step, self.layout)
-        n_p, n_a = self.n_p, self.n_a
-        rec.loss = float(row[_LOSS])
-        rec.loss_seen = 1.0 if row[_LOSS_SEEN] == 1.0 else 0.0
-        if not rec.loss_seen:
-            rec.loss = math.nan
-        rec.lr = float(row[_LR])
-        g = row[self._GRAD:self._GRAD + n_p].astype(float)
-        missing = g == _MISSING
-        g[missing] = np.nan
-        if not np.isnan(row[self._GRAD:self._GRAD + n_p]).all():
-            rec.param_grad_norms = g
-            rec.param_grad_missing = missing
-            present = g[~missing]
-            rec.grad_norm = float(np.sqrt(np.sum(present ** 2))) if present.size else math.nan
-        rec.param_norms = row[self._PNORM:self._PNORM + n_p].astype(float)
-        rec.update_ratios = row[self._UPD:self._UPD + n_p].astype(float)
-        x = row[_X:_X + 4]
-        rec.input_nonfinite = float(x[0])
-        rec.input_abs_max, rec.input_mean, rec.input_std = map(float, x[1:])
-        o = row[_OUT:_OUT + 5]
-        rec.logit_abs_max, rec.logit_std, rec.softmax_saturation, rec.prob_rows, rec.output_nonfinite = map(float, o)
-        t = row[_TGT:_TGT + 5]
-        rec.target_min, rec.target_max, rec.target_distinct, rec.target_is_index, rec.batch_size = map(float, t)
-        a = row[self._ACT:self._ACT + 3 * n_a].reshape(n_a, 3) if n_a else np.zeros((0, 3))
-        rec.act_dead, rec.act_sat, rec.act_scale = (a[:, 0].astype(float), a[:, 1].astype(float),
-                                                    a[:, 2].astype(float))
-        if self._bn_idx and np.isfinite(rec.act_scale[self._bn_idx]).any():
-            rec.bn_eval_in_train = float(len(self._bn_eval))
-        return rec
+        row = np.array(row, dtype=float)
+        acts = self.columns.span("act").reshape(-1, 3) if self.layout.n_activations else np.zeros((0, 3), int)
+        if self._bn_idx and np.isfinite(row[acts[self._bn_idx, 2]]).any():  # a sampled step ran the BN layers
+            row[self.columns.field("bn_eval_in_train")] = float(len(self._bn_eval))
+        return self.columns.decode(step, row)
 
 
 def _value(v):
     """A Keras variable's current value as a float32 tensor."""
     return tf.cast(tf.convert_to_tensor(getattr(v, "value", v)), tf.float32)
-

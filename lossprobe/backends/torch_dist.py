@@ -205,13 +205,7 @@ class DistHelper:
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
-        b = self.backend
-        self._handles.append(b.model.register_forward_pre_hook(self._on_forward, with_kwargs=True))
         self._handles.append(_optim_mod.register_optimizer_step_post_hook(self._on_opt_post))
-        if self.micro and b.params and \
-                hasattr(b.params[-1], "register_post_accumulate_grad_hook"):
-            # counts backward passes, so a forward is a micro-batch boundary only after its backward
-            self._handles.append(b.params[-1].register_post_accumulate_grad_hook(self._on_accumulated))
 
     def detach(self) -> None:
         for h in self._handles:
@@ -223,11 +217,9 @@ class DistHelper:
         self.backend._warn(f"dist:{what}", f"{what} failed ({type(exc).__name__}: {exc}); switched off, "
                            "training continues")
 
-    # -- hooks -----------------------------------------------------------------------
-    def _on_forward(self, module, args, kwargs):
-        b = self.backend
-        if not b._training():
-            return None
+    # -- called by the backend -------------------------------------------------------
+    def on_forward(self, args, kwargs) -> None:
+        """A training forward of the model (the backend's root forward hook)."""
         try:
             n = _batch_of(args, kwargs)
             st = self._cur
@@ -240,9 +232,9 @@ class DistHelper:
         except Exception as exc:
             self.noise_on = self.micro = False
             self._warn("noise-scale capture", exc)
-        return None
 
-    def _on_accumulated(self, param) -> None:
+    def on_backward(self) -> None:
+        """A backward pass reached the model: a forward after it is a micro-batch boundary."""
         self._cur.backwards += 1
 
     def _register_comm_hook(self) -> None:

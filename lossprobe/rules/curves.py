@@ -84,11 +84,16 @@ def epoch_means(h) -> np.ndarray:
     return np.asarray(out)
 
 
+# An epoch mean this much (relative) below the one before is learning at epoch scale; a loss
+# frozen by a vanishing learning rate still drifts down by ~1e-5 of itself an epoch.
+EPOCH_FALL = 0.005
+
+
 def epochs_falling(h) -> bool:
-    """At least three epoch means, and the last one below the one before: learning at epoch
-    scale, whatever a window of mini-batch losses suggests."""
+    """At least three epoch means, and the last one at least ``EPOCH_FALL`` (0.5%) below the
+    one before: learning at epoch scale, whatever a window of mini-batch losses suggests."""
     m = epoch_means(h)
-    return m.size >= 3 and m[-1] < m[-2]
+    return m.size >= 3 and m[-2] - m[-1] >= EPOCH_FALL * abs(m[-2])
 
 
 def block_z(t: np.ndarray, y: np.ndarray, blocks: int = 10) -> float:
@@ -184,7 +189,7 @@ def learning_well(h, cfg) -> bool:
     about a layer's health report as advice (info) then."""
     tr = loss_trend(h, cfg)
     return (tr is not None and tr.initial > 0 and tr.level <= 0.5 * tr.initial
-            and tr.rel_change < cfg.divergence_rise)
+            and tr.level - tr.start < cfg.divergence_rise * tr.initial)
 
 
 @dataclass
@@ -327,8 +332,8 @@ def loss_divergence(h, cfg):
     out at block scale too; it gave back at least 25% of the reference loss (a rise from 0.006
     to 0.009 at a noise floor is no climb); and - when epochs are known - the epoch means rise.
 
-    Critical once the loss is back at its reference (all progress lost) or has climbed over
-    two windows; before that the climb may still turn (a transient excursion of a clipped
+    Critical once the loss is 25% above its reference (everything learned is lost and more)
+    or has climbed for two windows; before that the climb may still turn (a transient excursion of a clipped
     RNN), so it is a warning, which resolves if the loss comes down again."""
     tr = loss_trend(h, cfg)
     if tr is None:
@@ -346,12 +351,12 @@ def loss_divergence(h, cfg):
     if epochs_falling(h):
         return None
     sustained = _rose_before(h, cfg)
-    lost_all = tr.initial > 0 and tr.level >= 0.9 * tr.initial
+    lost_all = tr.initial > 0 and tr.level >= (1 + cfg.divergence_rise) * tr.initial
     onset = int(tr.steps[int(np.argmin(tr.loss))])  # the curve's low point before the climb
     return Detection("loss_divergence", onset, {
         "loss_start_of_window": tr.start, "loss_now": tr.level, "relative_rise": tr.rel_change,
         "slope_z": tr.slope_z, "block_slope_z": bz, "best_loss": best, "reference_loss": tr.initial,
-        "climbing_for_two_windows": bool(sustained), "back_at_reference": bool(lost_all)},
+        "climbing_for_two_windows": bool(sustained), "above_reference": bool(lost_all)},
         severity=None if (sustained or lost_all) else "warning")
 
 

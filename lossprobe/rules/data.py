@@ -8,6 +8,7 @@ import numpy as np
 from ..findings import Detection
 from . import rule
 from .curves import loss_trend
+from .setup import received_activation
 
 
 def _recent(h, name, n=None):
@@ -95,9 +96,9 @@ MIN_SAME_TARGETS = 32
 
 
 def _targets_seen(h) -> float:
-    """Targets in the sampled batches whose target statistics were measured."""
-    b, _ = _recent(h, "batch_size")
-    return float(np.sum(b)) if b.size else 0.0
+    """Targets in the batches whose target statistics were measured."""
+    b, measured = h.series("batch_size"), np.isfinite(h.series("target_min"))
+    return float(np.nansum(b[measured]))
 
 
 @rule("label_problem")
@@ -139,7 +140,7 @@ def double_softmax(h, cfg):
     the loss (``facts``) when the backend can tell; otherwise from outputs that are already
     probability rows (and, for an unknown loss, a loss stuck above the double-softmax floor)."""
     f = h.facts
-    if f.output_activation == "softmax" and f.loss_kind == "cross_entropy" and h.first_step is not None:
+    if received_activation(f) == "softmax" and f.loss_kind == "cross_entropy" and h.first_step is not None:
         return Detection("double_softmax", int(h.first_step), {
             "output_layer": f.output_layer or "unknown", "output_activation": "softmax",
             "loss": f.loss_name or f.loss_kind, "loss_expects": "logits"})

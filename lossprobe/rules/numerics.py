@@ -11,6 +11,9 @@ from .stats import finite
 
 # exp(x) overflows fp32 above ln(FLT_MAX) ~ 88.7: logits that large saturate softmax to exact 0/1.
 FP32_EXP_LIMIT = 88.0
+# a logit margin of -ln(FLT_MIN) = 87.3365 puts a class's fp32 softmax at exactly 0 (every CPU);
+# the backends measure the share of rows with such a margin (softmax_saturation: to the
+# runner-up, the whole row one-hot; softmax_underflow: to the lowest logit, some class at 0)
 
 
 @rule("nan_loss")
@@ -76,7 +79,7 @@ def softmax_overflow(h, cfg):
         return Detection("softmax_overflow", int(steps[i]), {
             "loss": float(loss[i]), "expected_pin": round(target, 4), "pinned_steps": int(pinned.sum())})
     big = h.series("logit_abs_max")
-    sat = h.series("softmax_saturation")
+    sat = np.fmax(h.series("softmax_saturation"), h.series("softmax_underflow"))  # rows with exact zeros
     over = (np.nan_to_num(big, nan=0.0) >= FP32_EXP_LIMIT) & (np.nan_to_num(sat, nan=0.0) >= 0.5)
     if over.sum() >= 3:
         i = int(np.argmax(over))

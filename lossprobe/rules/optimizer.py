@@ -11,7 +11,7 @@ import numpy as np
 
 from ..findings import Detection
 from . import rule
-from .curves import is_converged, loss_trend
+from .curves import is_converged, learning_well, loss_trend
 from .gradients import _weight_columns
 from .stats import theil_sen, thirds
 
@@ -131,7 +131,7 @@ def _too_high_symptoms(h, cfg) -> list[str]:
     if (seen & ~np.isfinite(loss)).any():
         out.append("non-finite loss")
     st = _stalled(h, cfg)
-    if st is not None and st[0]:
+    if st is not None and st[0] and not learning_well(h, cfg):
         out.append("loss not falling")
     if st is not None and math.isfinite(h.min_loss) and st[1] > h.min_loss + 0.25 * abs(st[2] - h.min_loss) \
             and st[1] > 1.25 * h.min_loss:

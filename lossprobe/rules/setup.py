@@ -33,9 +33,16 @@ def expected_output(facts) -> str:
     return ""
 
 
+def received_activation(facts) -> str:
+    """The last activation on what the loss receives: the loss input's own when the backend
+    saw it (a program may transform the output on the way: ``log(softmax)``, a sigmoid
+    inside the loss call), else the model output's."""
+    return facts.loss_input_activation or facts.output_activation
+
+
 def mismatch(facts) -> tuple[str, str] | None:
     """(form, what to do) when the output's last activation does not fit the loss."""
-    act, units = facts.output_activation, int(facts.output_units or facts.n_classes or 0)
+    act, units = received_activation(facts), int(facts.output_units or facts.n_classes or 0)
     if not act:
         return None
     expects = expected_output(facts)
@@ -51,7 +58,11 @@ def mismatch(facts) -> tuple[str, str] | None:
     if act == "sigmoid" and expects == "logits":
         return ("sigmoid before a loss that applies its own sigmoid/softmax",
                 "remove the final sigmoid, or use the loss that takes probabilities")
-    if act in ("linear", "relu", "tanh") and expects == "probabilities":
+    if act in ("relu", "tanh") and expects == "logits":
+        return (f"{act} on the logits: scores are cut at 0 (relu) or squeezed into [-1, 1] (tanh), so "
+                "the loss cannot reach confident predictions",
+                "leave the last layer linear: the loss applies its own softmax/sigmoid")
+    if act in ("linear", "relu", "tanh", "log_softmax", "log") and expects == "probabilities":
         return (f"{act} outputs under a loss that expects probabilities",
                 "end with sigmoid/softmax, or tell the loss it receives logits (from_logits=True, BCEWithLogitsLoss)")
     if act in ("linear", "relu", "tanh", "softmax", "sigmoid") and expects == "log_probabilities":
@@ -72,7 +83,7 @@ def output_activation_mismatch(h, cfg):
         return None
     form, fix = found
     return Detection("output_activation_mismatch", int(h.first_step), {
-        "form": form, "output_layer": f.output_layer or "unknown", "output_activation": f.output_activation,
+        "form": form, "output_layer": f.output_layer or "unknown", "output_activation": received_activation(f),
         "output_units": int(f.output_units or f.n_classes or 0), "loss": f.loss_name or f.loss_kind,
         "loss_expects": expected_output(f) or "any values"},
         message=f"{form[0].upper() + form[1:]}: {fix}.")

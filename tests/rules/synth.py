@@ -76,7 +76,7 @@ def synth(n: int, *, loss: Series = None, every: int = 1, sampled_every: int = 1
 
 
 SAMPLED = {"update_ratios", "param_norms", "act_dead", "act_sat", "act_scale", "target_min", "target_max",
-           "target_distinct", "target_is_index", "batch_size", "input_mean", "input_std", "input_abs_max",
+           "target_distinct", "target_is_index", "input_mean", "input_std", "input_abs_max",
            "logit_std", "softmax_saturation", "prob_rows", "logit_abs_max"}
 
 

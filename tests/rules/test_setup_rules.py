@@ -84,3 +84,19 @@ def test_label_problem_fractional_class_labels():
     ints = synth(40, loss=0.5, target_min=0.0, target_max=9.0, target_is_index=1.0, target_fractional=0.0,
                  batch_size=32.0, facts=dict(n_classes=10, loss_kind="nll"))
     assert run_rule("label_problem", ints) is None
+
+
+@pytest.mark.parametrize("received,fires", [("log_softmax", False), ("softmax", True), ("", True)])
+def test_the_loss_input_decides_when_the_program_transforms_the_output(received, fires):
+    # skorch's get_loss: the module ends in softmax and the loss receives log(softmax + eps)
+    h = synth(5, loss=1.0, facts=dict(output_activation="softmax", loss_input_activation=received, output_units=10,
+                                      n_classes=10, loss_kind="nll", loss_name="NLLLoss"))
+    assert (run_rule("output_activation_mismatch", h) is not None) == fires
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+def test_a_squashed_or_clipped_head_before_a_logits_loss(act):
+    h = synth(5, loss=2.3, facts=dict(output_activation=act, output_units=10, n_classes=10,
+                                      loss_kind="cross_entropy", loss_name="CrossEntropyLoss"))
+    det = run_rule("output_activation_mismatch", h)
+    assert det is not None and "on the logits" in det.evidence["form"]

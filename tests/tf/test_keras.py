@@ -16,6 +16,7 @@ import keras
 from sklearn.datasets import load_digits
 
 import lossprobe
+from lossprobe.capture.spec import is_sampled
 from lossprobe.integrations.keras import LossProbeCallback
 from twins import TWIN, assert_sound_twin, twin_param
 
@@ -206,11 +207,12 @@ def test_fit_captures_every_statistic_with_one_read_per_flush():
     assert np.isfinite(h.series("grad_norm")).all()
     assert np.isfinite(h.matrix("param_grad_norms")).all() and not h.matrix("param_grad_missing").any()
     assert np.allclose(h.series("lr"), 1e-3)
-    sampled = np.arange(steps) % cfg.activation_every == 0
-    for name in ("input_mean", "input_std", "logit_std", "target_distinct", "batch_size"):
+    sampled = is_sampled(np.arange(steps), cfg.activation_every)  # the steps every backend samples
+    for name in ("input_mean", "input_std", "logit_std", "target_distinct"):
         s = h.series(name)
         assert np.isfinite(s[sampled]).all() and np.isnan(s[~sampled]).all(), name
-    assert h.series("batch_size")[0] == 64 and h.series("target_is_index")[0] == 1.0
+    batch = h.series("batch_size")   # every step: the curve rules read the noise a batch size brings
+    assert batch[0] == 64 and batch[-1] == 1400 - 21 * 64 and np.isfinite(batch).all() and h.series("target_is_index")[0] == 1.0
     assert np.isfinite(h.matrix("act_dead")[sampled]).all()
     ratios = h.matrix("update_ratios")[sampled][1:]            # step 0 has no earlier snapshot
     weights = np.asarray(probe.layout.is_weight)
@@ -429,7 +431,7 @@ def test_tape_healthy_run_is_silent(name):
     h = probe.history
     assert h.n_steps >= 120 and np.isfinite(h.series("grad_norm")).all()
     assert probe._backend.n_host_reads <= math.ceil(h.n_steps / probe.config.flush_every) + 1
-    sampled = h.steps() % probe.config.activation_every == 0
+    sampled = is_sampled(h.steps(), probe.config.activation_every)
     # forward statistics come from the model.call / layer wrappers, traced into the user's step
     assert np.isfinite(h.matrix("act_dead")[sampled]).all()
     assert np.isfinite(h.series("logit_std")[sampled]).all()

@@ -817,7 +817,7 @@ def gru_hidden_too_small(seed, fixed: bool = False):
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     loss_fn = nn.CrossEntropyLoss()
     probe = attach(model)
-    for step, (x, y) in zip(range(400), batches(Xtr, Ytr, 64, seed)):
+    for step, (x, y) in zip(range(800), batches(Xtr, Ytr, 64, seed)):
         loss = loss_fn(model(x), y)
         opt.zero_grad(); loss.backward(); opt.step()
     probe.detach()
@@ -1016,8 +1016,10 @@ def mlp_adam_lr_0p1(seed, fixed: bool = False):
     return probe
 
 
-@fault("loss_plateau", onset=stalled_from, model="transformer", fast=True, allow=NONFINITE,
-       planted="small transformer trained with AdamW at lr 0.05 and no warm-up: it bounces at a high loss",
+@fault("learning_rate_too_high", onset=WARMUP, model="transformer", fast=True, allow=NONFINITE + ("loss_plateau",),
+       planted="small transformer trained with AdamW at lr 0.05 and no warm-up: each step moves the weights "
+               "by far more than a healthy rate, and the loss bounces between 0.8 and 1.0 (on one thread, "
+               "seed 0, it is still below the slower fix's at step 150, so the curve alone does not condemn it)",
        fix="AdamW lr 1e-3")
 def transformer_adamw_lr_high(seed, fixed: bool = False):
     torch.manual_seed(seed)

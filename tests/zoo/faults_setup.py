@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from . import fault
-from .common import attach, batches, digits, mlp
+from .common import SmallCNN, attach, batches, digit_images, digits, mlp, wave_regression
 
 BINARY = ("chance_level_loss", "loss_plateau")
 
@@ -137,6 +137,71 @@ def mlp_keep_prob_as_drop_rate(seed, fixed: bool = False):
     probe = attach(model)
     for step, (x, y) in zip(range(200), batches(Xtr, Ytr, 64, seed)):
         loss = loss_fn(model(x), y)
+        opt.zero_grad(); loss.backward(); opt.step()
+    probe.detach()
+    return probe
+
+
+# ======================================================================================
+# stale_gradients
+# ======================================================================================
+@fault("stale_gradients", onset=1, model="mlp", fast=True,
+       allow=("loss_divergence", "exploding_gradients", "nan_loss", "nonfinite_gradients", "softmax_overflow"),
+       planted="optimizer.zero_grad() missing from an SGD loop: every step adds all earlier gradients again",
+       fix="opt.zero_grad() before loss.backward()")
+def mlp_sgd_without_zero_grad(seed, fixed: bool = False):
+    torch.manual_seed(seed)
+    Xtr, Ytr, _, _ = digits()
+    model = mlp([64, 64, 10])
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    loss_fn = nn.CrossEntropyLoss()
+    probe = attach(model)
+    for step, (x, y) in zip(range(150), batches(Xtr, Ytr, 64, seed)):
+        loss = loss_fn(model(x), y)
+        if fixed:
+            opt.zero_grad()
+        loss.backward(); opt.step()
+    probe.detach()
+    return probe
+
+
+@fault("stale_gradients", onset=1, model="cnn",
+       planted="zero_grad() missing under Adam: its normalised steps hide the growing gradient, the loss still falls",
+       fix="opt.zero_grad() before loss.backward()")
+def cnn_adam_without_zero_grad(seed, fixed: bool = False):
+    torch.manual_seed(seed)
+    Xtr, Ytr, _, _ = digit_images()
+    model = SmallCNN()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    probe = attach(model)
+    for step, (x, y) in zip(range(150), batches(Xtr, Ytr, 64, seed)):
+        loss = loss_fn(model(x), y)
+        if fixed:
+            opt.zero_grad()
+        loss.backward(); opt.step()
+    probe.detach()
+    return probe
+
+
+# ======================================================================================
+# unscaled_targets
+# ======================================================================================
+@fault("unscaled_targets", onset=0, model="regression", fast=True,
+       allow=("loss_divergence", "exploding_gradients"),
+       planted="house-price-like targets in raw units (~2e5) fed to an MLP with MSE and Adam",
+       fix="targets standardised (and predictions scaled back)")
+def regression_raw_price_targets(seed, fixed: bool = False):
+    torch.manual_seed(seed)
+    X, y = wave_regression(2048, seed)
+    price = 2e5 + 5e4 * y                       # what the data file holds
+    target = (price - price.mean()) / price.std() if fixed else price
+    model = mlp([4, 32, 32, 1])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.MSELoss()
+    probe = attach(model)
+    for step, (x, t) in zip(range(150), batches(X, target, 64, seed)):
+        loss = loss_fn(model(x), t)
         opt.zero_grad(); loss.backward(); opt.step()
     probe.detach()
     return probe

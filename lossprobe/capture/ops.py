@@ -1,0 +1,451 @@
+"""The few primitive tensor ops each framework supplies; the statistics are written once
+against them (:mod:`lossprobe.capture.stats`).
+
+One small class per framework, registered by its ``framework`` class attribute (as einops'
+``_backends.py`` does); the framework is imported in the class's ``__init__``, so nothing
+is imported until a backend for a model of that framework asks for it::
+
+    ops = ops_for("torch")
+    ops.std(ops.f32(x)), ops.count_nonfinite(x)
+
+Every op stays on the device; ``to_host`` is the one host read (once per flush).
+Population statistics (``std`` with ddof 0) in every framework.
+"""
+from __future__ import annotations
+
+import math
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+_REGISTRY: dict[str, type["Ops"]] = {}
+_INSTANCES: dict[str, "Ops"] = {}
+
+
+def ops_for(framework: str) -> "Ops":
+    """The ops of ``framework`` ("torch", "tensorflow", "paddle"); one instance each."""
+    if framework not in _INSTANCES:
+        _INSTANCES[framework] = _REGISTRY[framework]()
+    return _INSTANCES[framework]
+
+
+class Ops:
+    """Primitive ops on one framework's tensors. Subclasses set ``framework``."""
+
+    framework = ""
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        _REGISTRY[cls.framework] = cls
+
+    # -- shape (host metadata, never a device read) --
+    def shape(self, t) -> tuple:
+        return tuple(int(d) if d is not None else None for d in t.shape)
+
+    def size(self, t) -> int | None:
+        n = 1
+        for d in self.shape(t):
+            if d is None:
+                return None
+            n *= d
+        return n
+
+    # -- framework primitives (subclasses) --
+    def is_tensor(self, x) -> bool: raise NotImplementedError
+    def requires_grad(self, t) -> bool: raise NotImplementedError
+    def scalar(self, t): raise NotImplementedError               # a detached float32 0-d copy of a 1-element tensor
+    def is_float(self, t) -> bool: raise NotImplementedError
+    def f32(self, t): raise NotImplementedError                  # detached float32 copy-free view
+    def flat(self, t): raise NotImplementedError                 # 1-D
+    def rows(self, t, width: int): raise NotImplementedError     # [-1, width]
+    def amax(self, t, axis=None): raise NotImplementedError
+    def amin(self, t, axis=None): raise NotImplementedError
+    def mean(self, t, axis=None): raise NotImplementedError
+    def sum(self, t, axis=None): raise NotImplementedError
+    def copy(self, t): raise NotImplementedError                 # a snapshot that later in-place updates leave alone
+    def dim0(self, t): raise NotImplementedError                 # float32 scalar: the first dimension
+    def clamp_min(self, t, low: float): raise NotImplementedError
+    def abs(self, t): raise NotImplementedError
+    def floor(self, t): raise NotImplementedError
+    def sqrt(self, t): raise NotImplementedError
+    def frac(self, mask): raise NotImplementedError              # share of True in a bool tensor
+    def top2(self, t2d): raise NotImplementedError               # (largest, runner-up) per row
+    def argmax(self, t, axis: int = -1): raise NotImplementedError
+    def to_index(self, t, classes: int): raise NotImplementedError   # int, clipped to 0..classes-1
+    def distinct(self, idx, classes: int): raise NotImplementedError  # count of classes present
+    def count_nonfinite(self, t): raise NotImplementedError      # float32 scalar
+    def stack(self, scalars: Sequence): raise NotImplementedError
+    def cat(self, vectors: Sequence): raise NotImplementedError  # 1-D pieces -> one 1-D tensor
+    def full(self, value: float, like): raise NotImplementedError  # float32 scalar on like's device
+    def norms(self, tensors: Sequence) -> list: raise NotImplementedError  # L2 norm of each
+    def gather(self, flat, index): raise NotImplementedError     # index: numpy int64 array
+    def to_host(self, t): raise NotImplementedError              # the one device->host copy
+
+    # -- derived, the same in every framework --
+    def nan(self, like):
+        return self.full(math.nan, like)
+
+    def std(self, t):
+        """Population standard deviation (0 for one element)."""
+        return self.sqrt(self.mean((t - self.mean(t)) ** 2))
+
+    def diffs(self, after: Sequence, before: Sequence) -> list:
+        return [a - b for a, b in zip(after, before)]
+
+    def every_nth(self, flat, at_most: int):
+        """An evenly strided sample of at most ``at_most`` values of a 1-D tensor."""
+        n = self.size(flat)
+        if n is None or n <= at_most:
+            return flat
+        return flat[:: n // at_most]
+
+
+class TorchOps(Ops):
+    framework = "torch"
+
+    def __init__(self):
+        import torch
+        self.torch = torch
+
+    def is_tensor(self, x) -> bool:
+        return isinstance(x, self.torch.Tensor)
+
+    def requires_grad(self, t) -> bool:
+        return bool(t.requires_grad)
+
+    def scalar(self, t):
+        return t.detach().reshape(()).float()
+
+    def is_float(self, t) -> bool:
+        return t.is_floating_point()
+
+    def f32(self, t):
+        return t.detach().float()
+
+    def flat(self, t):
+        return t.reshape(-1)
+
+    def rows(self, t, width):
+        return t.reshape(-1, width)
+
+    def amax(self, t, axis=None):
+        return t.amax() if axis is None else t.amax(dim=axis)
+
+    def amin(self, t, axis=None):
+        return t.amin() if axis is None else t.amin(dim=axis)
+
+    def mean(self, t, axis=None):
+        return t.mean() if axis is None else t.mean(dim=axis)
+
+    def sum(self, t, axis=None):
+        return t.sum() if axis is None else t.sum(dim=axis)
+
+    def copy(self, t):
+        return t.clone()
+
+    def dim0(self, t):
+        return self.torch.full((), float(t.shape[0]) if t.dim() else 1.0, device=t.device)
+
+    def clamp_min(self, t, low):
+        return t.clamp_min(low)
+
+    def abs(self, t):
+        return t.abs()
+
+    def floor(self, t):
+        return t.floor()
+
+    def sqrt(self, t):
+        return t.sqrt()
+
+    def std(self, t):
+        return t.std(correction=0)
+
+    def diffs(self, after, before):
+        return list(self.torch._foreach_sub(list(after), list(before)))
+
+    def frac(self, mask):
+        return mask.float().mean()
+
+    def top2(self, t2d):
+        v = t2d.topk(2, dim=-1).values
+        return v[:, 0], v[:, 1]
+
+    def argmax(self, t, axis=-1):
+        return t.argmax(dim=axis)
+
+    def to_index(self, t, classes):
+        return t.reshape(-1).long().clamp(0, classes - 1)
+
+    def distinct(self, idx, classes):
+        # scatter_add, not bincount: bincount reads the largest index on the host (a GPU sync)
+        counts = self.torch.zeros(classes, device=idx.device).scatter_add_(0, idx, self.torch.ones_like(idx, dtype=self.torch.float))
+        return (counts > 0).sum().float()
+
+    def count_nonfinite(self, t):
+        return (~self.torch.isfinite(t)).sum().float()
+
+    def stack(self, scalars):
+        return self.torch.stack([s.reshape(()).float() for s in scalars])
+
+    def cat(self, vectors):
+        torch = self.torch
+        # every 0-d piece in one stack, the rest in one cat: a handful of ops per flush
+        dev = vectors[0].device
+        scalars = [v for v in vectors if v.dim() == 0]
+        if len(scalars) == len(vectors):
+            return torch.stack([v.to(dev, torch.float32) for v in vectors])
+        return torch.cat([v.to(dev, torch.float32).reshape(-1) for v in vectors])
+
+    def full(self, value, like):
+        return self.torch.full((), value, device=like.device)
+
+    def norms(self, tensors):
+        return list(self.torch._foreach_norm(list(tensors)))
+
+    def gather(self, flat, index):
+        idx = self._index(index, flat.device)
+        return flat.index_select(0, idx)
+
+    def _index(self, index, device):
+        key = (id(index), str(device))
+        cache = self.__dict__.setdefault("_idx", {})
+        if key not in cache:
+            cache[key] = (index, self.torch.as_tensor(index, device=device))
+        return cache[key][1]
+
+    def to_host(self, t):
+        return t.cpu().numpy()
+
+
+class PaddleOps(Ops):
+    framework = "paddle"
+
+    def __init__(self):
+        import paddle
+        self.paddle = paddle
+
+    def is_tensor(self, x) -> bool:
+        return isinstance(x, self.paddle.Tensor)
+
+    def requires_grad(self, t) -> bool:
+        return not t.stop_gradient
+
+    def scalar(self, t):
+        return self.f32(t).reshape([])
+
+    def is_float(self, t) -> bool:
+        return self.paddle.is_floating_point(t)
+
+    def f32(self, t):
+        t = t.detach()
+        return t if t.dtype == self.paddle.float32 else t.astype("float32")
+
+    def flat(self, t):
+        return t.reshape([-1])
+
+    def rows(self, t, width):
+        return t.reshape([-1, width])
+
+    def amax(self, t, axis=None):
+        return t.max() if axis is None else t.max(axis=list(axis) if isinstance(axis, tuple) else axis)
+
+    def amin(self, t, axis=None):
+        return t.min() if axis is None else t.min(axis=list(axis) if isinstance(axis, tuple) else axis)
+
+    def mean(self, t, axis=None):
+        return t.mean() if axis is None else t.mean(axis=axis)
+
+    def sum(self, t, axis=None):
+        return t.sum() if axis is None else t.sum(axis=axis)
+
+    def copy(self, t):
+        return t.clone()
+
+    def dim0(self, t):
+        return self.paddle.full([], float(t.shape[0]) if len(t.shape) else 1.0, dtype="float32")
+
+    def clamp_min(self, t, low):
+        return self.paddle.clip(t, min=low)
+
+    def abs(self, t):
+        return t.abs()
+
+    def floor(self, t):
+        return self.paddle.floor(t)
+
+    def sqrt(self, t):
+        return self.paddle.sqrt(t)
+
+    def frac(self, mask):
+        return mask.astype("float32").mean()
+
+    def top2(self, t2d):
+        v, _ = self.paddle.topk(t2d, 2, axis=-1)
+        return v[:, 0], v[:, 1]
+
+    def argmax(self, t, axis=-1):
+        return self.paddle.argmax(t, axis=axis)
+
+    def to_index(self, t, classes):
+        return self.paddle.clip(t.reshape([-1]).astype("int64"), 0, classes - 1)
+
+    def distinct(self, idx, classes):
+        hit = self.paddle.nn.functional.one_hot(idx, classes).max(axis=0)
+        return (hit > 0).astype("float32").sum()
+
+    def count_nonfinite(self, t):
+        return self.paddle.logical_not(self.paddle.isfinite(t)).astype("float32").sum()
+
+    def stack(self, scalars):
+        return self.paddle.stack([self.f32(s).reshape([]) for s in scalars])
+
+    def cat(self, vectors):
+        return self.paddle.concat([self.f32(v).reshape([-1]) for v in vectors])
+
+    def full(self, value, like=None):
+        return self.paddle.full([], value, dtype="float32")  # on the current (training) device
+
+    def norms(self, tensors):
+        return [self.paddle.sqrt(self.paddle.square(self.f32(t)).sum()) for t in tensors]
+
+    def gather(self, flat, index):
+        cache = self.__dict__.setdefault("_idx", {})
+        if id(index) not in cache:   # the sample indices are fixed for a run: copied to the device once
+            cache[id(index)] = (index, self.paddle.to_tensor(index))
+        return self.paddle.gather(flat, cache[id(index)][1])
+
+    def to_host(self, t):
+        return t.numpy()
+
+
+class TensorflowOps(Ops):
+    framework = "tensorflow"
+
+    def __init__(self):
+        import tensorflow as tf
+        self.tf = tf
+
+    def is_tensor(self, x) -> bool:
+        tf = self.tf
+        return isinstance(x, (tf.Tensor, tf.Variable)) or (
+            hasattr(x, "dtype") and hasattr(x, "shape") and not isinstance(x, (dict, list, tuple)))
+
+    def requires_grad(self, t) -> bool:
+        return True
+
+    def scalar(self, t):
+        return self.tf.reshape(self.f32(t), [])
+
+    def is_float(self, t) -> bool:
+        try:
+            return self.tf.as_dtype(t.dtype).is_floating
+        except Exception:
+            return False
+
+    def f32(self, t):
+        return self.tf.cast(self.tf.stop_gradient(t), self.tf.float32)
+
+    def flat(self, t):
+        return self.tf.reshape(t, [-1])
+
+    def rows(self, t, width):
+        return self.tf.reshape(t, [-1, width])
+
+    def amax(self, t, axis=None):
+        return self.tf.reduce_max(t, axis=axis)
+
+    def amin(self, t, axis=None):
+        return self.tf.reduce_min(t, axis=axis)
+
+    def mean(self, t, axis=None):
+        return self.tf.reduce_mean(t, axis=axis)
+
+    def sum(self, t, axis=None):
+        return self.tf.reduce_sum(t, axis=axis)
+
+    def copy(self, t):
+        return self.tf.identity(t)
+
+    def dim0(self, t):
+        return self.tf.cast(self.tf.shape(t)[0], self.tf.float32) if t.shape.rank else self.tf.constant(1.0)
+
+    def clamp_min(self, t, low):
+        return self.tf.maximum(t, low)
+
+    def std(self, t):
+        return self.tf.math.reduce_std(t)
+
+    def abs(self, t):
+        return self.tf.abs(t)
+
+    def floor(self, t):
+        return self.tf.floor(t)
+
+    def sqrt(self, t):
+        return self.tf.sqrt(t)
+
+    def frac(self, mask):
+        return self.tf.reduce_mean(self.tf.cast(mask, self.tf.float32))
+
+    def top2(self, t2d):
+        v = self.tf.math.top_k(t2d, 2).values
+        return v[:, 0], v[:, 1]
+
+    def argmax(self, t, axis=-1):
+        return self.tf.argmax(t, axis, output_type=self.tf.int32)
+
+    def to_index(self, t, classes):
+        return self.tf.clip_by_value(self.tf.cast(self.tf.reshape(t, [-1]), self.tf.int32), 0, classes - 1)
+
+    def distinct(self, idx, classes):
+        counts = self.tf.reduce_sum(self.tf.one_hot(idx, classes), 0)
+        return self.tf.reduce_sum(self.tf.cast(counts > 0, self.tf.float32))
+
+    def count_nonfinite(self, t):
+        return self.tf.reduce_sum(self.tf.cast(self.tf.logical_not(self.tf.math.is_finite(t)), self.tf.float32))
+
+    def stack(self, scalars):
+        return self.tf.stack([self.tf.reshape(self.tf.cast(s, self.tf.float32), []) for s in scalars])
+
+    def cat(self, vectors):
+        return self.tf.concat([self.tf.reshape(self.tf.cast(v, self.tf.float32), [-1]) for v in vectors], 0)
+
+    def full(self, value, like=None):
+        return self.tf.constant(value, self.tf.float32)
+
+    def norms(self, tensors):
+        return [self.tf.norm(self.f32(t)) for t in tensors]
+
+    def gather(self, flat, index):
+        return self.tf.gather(flat, self.tf.constant(index))
+
+    def to_host(self, t):
+        return t.numpy()
+
+
+def first_tensor(ops: Ops, obj: Any):
+    """The tensor a model's output (or input) most likely means: a tensor as-is; a mapping
+    (dict, Hugging Face ``ModelOutput``) by its 'logits'/'output' keys, else its first tensor
+    value; a sequence (or a dataclass output): its first tensor. None when there is none."""
+    if ops.is_tensor(obj):
+        return obj
+    if isinstance(obj, Mapping) or (hasattr(obj, "keys") and hasattr(obj, "values")):
+        for key in ("logits", "output", "out", "y_pred"):
+            try:
+                v = obj[key]
+            except Exception:
+                continue
+            if v is not None:
+                t = first_tensor(ops, v)
+                if t is not None:
+                    return t
+        obj = list(obj.values())
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        named = {f.name: getattr(obj, f.name, None) for f in dataclasses.fields(obj)}
+        return first_tensor(ops, named)
+    if isinstance(obj, (list, tuple)):
+        for v in obj:
+            t = first_tensor(ops, v)
+            if t is not None:
+                return t
+    return None
