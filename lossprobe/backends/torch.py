@@ -315,7 +315,7 @@ class TorchBackend(EagerCapture):
             self._safe("inputs", self._record_inputs, cur, (args, kwargs))
         if self.dist is not None:
             self._safe("distributed", self.dist.on_forward, args, kwargs)
-        self._model_output(cur, output)
+        self._model_output(cur, output, out)
 
     def _act_post(self, j: int, output) -> None:
         cur = self._cur
@@ -425,15 +425,20 @@ class TorchBackend(EagerCapture):
         t = self._safe("distributed", self.dist.take_tensors)  # rides in this flush's one copy
         return [t] if t is not None else []
 
-    def _hand_over(self, steps, rows, val_points, extra_host) -> None:
+    def _hand_over(self, steps, host, plan, val_points, extra_host) -> None:
         if self.dist is None:
-            return super()._hand_over(steps, rows, val_points, extra_host)
-        # torch_dist.py: the cross-rank merge (one gather per flush) and the noise-scale rows;
-        # collectives stay on the training thread
-        records, extra_rows = self._decode(steps, rows), []
-        merged = self._safe("distributed", self.dist.on_flush, records, extra_host[-1] if extra_host else None)
-        if merged is not None:
-            records, extra_rows = merged
-        self.channel.ingest(Flush(records=records, val_points=val_points, extra_rows=extra_rows,
-                                  facts=self.facts.facts))
+            return super()._hand_over(steps, host, plan, val_points, extra_host)
+        # torch_dist.py: the cross-rank merge (one gather per flush) and the noise-scale rows
+        taken, dist_host = self.dist.take_taken(), (extra_host[-1] if extra_host else None)
+
+        def decode(pause=None):
+            records = self._decode(steps, host, plan, pause)
+            merged = self._safe("distributed", self.dist.on_flush, records, dist_host, taken)
+            return merged if merged is not None else (records, [])
+        if self.dist.table is not None:   # several ranks: the collectives stay on the training thread
+            records, extra_rows = decode()
+            self.channel.ingest(Flush(records=records, val_points=val_points, extra_rows=extra_rows,
+                                      facts=self.facts.facts))
+        else:
+            self.channel.ingest(Flush(decode=decode, val_points=val_points, facts=self.facts.facts))
 
