@@ -11,6 +11,9 @@ Runs every scenario in ``tests/zoo`` (real PyTorch training on one CPU thread) a
 * the corrected twins (``twin/<fault>``: every faulty script with its one mistake fixed,
   see ``tests/twins.py``), in a table of their own: per fault code, how many twins stayed
   silent, which codes fired on the others, and whether each twin learned,
+* the root-cause figure: of the faulty runs with two or more warning/critical findings, how
+  many report the planted fault as their root cause (``benchmarks/root_cause.py``), and the
+  runs that do not,
 
 then the planted-fault, healthy and twin scenarios of the TensorFlow
 (``tests/tf/test_keras.py``) and Paddle (``tests/paddle/test_paddle.py``) test suites, each
@@ -19,16 +22,18 @@ framework in a subprocess of its own (``benchmarks/accuracy_tensorflow.py``,
 segfaults), with the same tables for each, and at the end one line per framework and one
 summary line over all of them::
 
-    torch: recall=R false_alarms=F scenarios=N twins=T twin_alarms=A
-    tensorflow: recall=R false_alarms=F scenarios=N twins=T twin_alarms=A
-    paddle: recall=R false_alarms=F scenarios=N twins=T twin_alarms=A
-    recall=R false_alarms=F scenarios=N twins=T twin_alarms=A
+    torch: recall=R root_cause=C/M false_alarms=F scenarios=N twins=T twin_alarms=A
+    tensorflow: recall=R root_cause=C/M false_alarms=F scenarios=N twins=T twin_alarms=A
+    paddle: recall=R root_cause=C/M false_alarms=F scenarios=N twins=T twin_alarms=A
+    recall=R root_cause=C/M false_alarms=F scenarios=N twins=T twin_alarms=A
 
 ``false_alarms`` counts every run with a finding it should not have: a warning or critical
 on a healthy run *or on a corrected twin*, and a critical on a faulty run that its fault does
 not explain. ``twin_alarms`` is the twins' share of it, ``twins`` how many twins ran, and
 ``scenarios`` every run, twins included. A twin whose loss did not fall is listed as not
 learning (its silence would prove nothing) and fails the run like a false alarm does.
+``root_cause=C/M``: M faulty runs had two or more warning/critical findings, and C of them
+reported the planted fault as their root cause (``benchmarks/root_cause.py``).
 
 Usage::
 
@@ -45,6 +50,7 @@ This module imports no framework at import time: the runners import its scoring 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
@@ -66,6 +72,9 @@ sys.path.insert(0, str(TESTS))
 from lossprobe import Config  # noqa: E402
 from lossprobe.catalog import CATALOG  # noqa: E402
 from twins import TWIN, loss_fell  # noqa: E402
+
+sys.path.insert(0, str(HERE))
+from root_cause import RootCauseTally, accepted  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(twin_table(results[fw]["twin_runs"]))
     print(f"\nwall time {time.perf_counter() - t0:.0f}s")
 
-    total = {"faulty": 0, "detected": 0, "alarms": 0, "scenarios": 0, "twins": 0, "twin_alarms": 0}
+    total = {"faulty": 0, "detected": 0, "alarms": 0, "scenarios": 0, "twins": 0, "twin_alarms": 0,
+             "roots_right": 0, "roots_counted": 0}
     failed = False
     for fw, res in results.items():
         if res is None:
@@ -111,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         counts = {"faulty": res["faulty"], "detected": res["detected"], "alarms": len(res["false_alarms"]),
                   "scenarios": res["scenarios"], "twins": len(res["twin_runs"]),
-                  "twin_alarms": sum(bool(t["alarms"]) for t in res["twin_runs"])}
+                  "twin_alarms": sum(bool(t["alarms"]) for t in res["twin_runs"]),
+                  "roots_right": res["root_cause"][0], "roots_counted": res["root_cause"][1]}
         print(f"{fw}: {summary(counts)}")
         total = {k: total[k] + counts[k] for k in total}
         failed |= any(not t["learns"] for t in res["twin_runs"])
@@ -121,8 +132,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summary(c: dict[str, int]) -> str:
-    """``recall=R false_alarms=F scenarios=N twins=T twin_alarms=A`` (false_alarms counts the twins')."""
-    return (f"recall={_ratio(c['detected'], c['faulty']):.3f} false_alarms={c['alarms']} "
+    """``recall=R root_cause=C/M false_alarms=F scenarios=N twins=T twin_alarms=A`` (false_alarms
+    counts the twins')."""
+    return (f"recall={_ratio(c['detected'], c['faulty']):.3f} root_cause={c['roots_right']}/{c['roots_counted']} "
+            f"false_alarms={c['alarms']} "
             f"scenarios={c['scenarios']} twins={c['twins']} twin_alarms={c['twin_alarms']}")
 
 
@@ -154,14 +167,18 @@ def run_torch(args, overrides: dict) -> dict:
     scenarios = [s for s in zoo.load().values()
                  if (not args.fast or s.fast) and (not args.k or any(k in s.name for k in args.k))]
     outcomes = []
+    roots = RootCauseTally()
     for s in scenarios:
         for seed in args.seeds:
+            probes: list = []
             try:
-                out = zoo.run(s, seed)
+                out = zoo.run(dataclasses.replace(s, script=_keeping(s.script, probes)), seed)
             except Exception as exc:  # a broken scenario is reported, the rest still run
                 print(f"CRASH {s.name} (seed {seed}): {type(exc).__name__}: {exc}", flush=True)
                 out = zoo.crashed(s, seed, exc)
             outcomes.append(out)
+            if probes and s.expect and not s.silent:
+                roots.add(f"{s.name} (seed {seed})", probes[0].findings, accepted(s.name, s.expect[0]))
             if not args.quiet:
                 print(out.describe(), flush=True)
     twin_runs = [twin_run(f"{o.scenario.name} (seed {o.seed})", o.scenario.fault_code, o.unexpected, o.learned)
@@ -170,11 +187,21 @@ def run_torch(args, overrides: dict) -> dict:
     print("== torch ==")
     print(table(outcomes, Config(**zoo.common.CONFIG_OVERRIDES)))
     print(twin_table(twin_runs))
+    print(roots.report())
     faulty = [o for o in outcomes if o.scenario.expect]
     return {"faulty": len(faulty), "detected": sum(not o.missing for o in faulty),
             "false_alarms": [f"{o.scenario.name} (seed {o.seed}): {', '.join(o.unexpected)}"
                              for o in outcomes if o.unexpected],
-            "scenarios": len(outcomes), "twin_runs": twin_runs}
+            "scenarios": len(outcomes), "twin_runs": twin_runs, "root_cause": [roots.right, roots.counted]}
+
+
+def _keeping(script, probes: list):
+    """``script`` that also keeps the probe it returns (for its findings)."""
+    def run(seed):
+        probe = script(seed)
+        probes.append(probe)
+        return probe
+    return run
 
 
 SLOW = 50  # target: every fault reported within 50 steps of its onset
@@ -298,6 +325,9 @@ def framework_table(res: dict) -> str:
     lines += [f"  false alarm: {a}" for a in res["false_alarms"] if not a.startswith(TWIN)]  # twins: twin_table
     lines += [f"  missed: {m}" for m in res["missed"]]
     lines += [f"  note: {n}" for n in res.get("notes", [])]
+    right, counted = res["root_cause"]
+    lines.append(f"root_cause={right}/{counted}")
+    lines += [f"  wrong root: {w}" for w in res["wrong_roots"]]
     return "\n".join(lines)
 
 
@@ -326,7 +356,7 @@ def apply_config_overrides(lossprobe_module, overrides: dict) -> None:
 
 
 def score_scenarios(items: list[tuple[str, tuple[str, ...], tuple[str, ...] | None, Callable[[], object]]],
-                    quiet: bool = False) -> dict:
+                    quiet: bool = False, framework: str = "torch") -> dict:
     """Run ``(name, expect, allow, run)`` scenarios; ``run()`` returns a finished probe.
 
     A faulty scenario (``expect`` not empty) is detected when every expected code was found.
@@ -337,16 +367,22 @@ def score_scenarios(items: list[tuple[str, tuple[str, ...], tuple[str, ...] | No
     the zoo) when the scenario declares ``allow``; with ``allow=None`` (the suite declares no
     consequences) such codes are listed as notes only. A crash counts as missed + false alarm,
     and so does a run whose probe recorded no training step (it switched itself off).
-    Returns the dict a runner prints as ``RESULT {json}``.
+    A faulty run with two or more warning/critical findings also counts toward the root-cause
+    figure (``root_cause``: [right, counted]; ``wrong_roots``: the runs whose root is neither
+    the headline code nor a code that names the plant, ``root_cause.accepted`` for
+    ``framework``). Returns the dict a runner prints as ``RESULT {json}``.
     """
     codes: dict[str, list[int]] = {}
     res = {"codes": codes, "faulty": 0, "detected": 0, "healthy": 0, "healthy_alarms": 0,
            "false_alarms": [], "missed": [], "notes": [], "scenarios": 0, "runs": [], "twin_runs": []}
+    roots = RootCauseTally()
     for name, expect, allow, run in items:
         t0 = time.perf_counter()
         learned = None
         try:
             probe = run()
+            if expect:
+                roots.add(name, probe.findings, accepted(name, expect[0], framework))
             found = {f.code: f.severity for f in probe.findings}
             steps = {f.code: int(f.step) for f in probe.findings}
             learned = loss_fell(probe.history.loss_sketch()[1])
@@ -395,6 +431,7 @@ def score_scenarios(items: list[tuple[str, tuple[str, ...], tuple[str, ...] | No
             if is_twin:
                 extra += f" {twin['loss']}" + ("" if twin["learns"] else " (NOT LEARNING)")
             print(f"{'ok  ' if ok else 'FAIL'} {name:<45} found: {shown}{extra} ({seconds:.1f}s)", flush=True)
+    res["root_cause"], res["wrong_roots"] = [roots.right, roots.counted], roots.wrong
     order = list(CATALOG)
     res["codes"] = dict(sorted(codes.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
     return res
@@ -410,7 +447,7 @@ def runner_main(framework: str, doc: str, scenarios: Callable[[], list], argv: l
     apply_config_overrides(lossprobe, parse_sets(args.set))
     items = scenarios()
     keep = select([i[0] for i in items], args.k)
-    res = score_scenarios([i for i in items if i[0] in keep], quiet=args.quiet)
+    res = score_scenarios([i for i in items if i[0] in keep], quiet=args.quiet, framework=framework)
     res["framework"] = framework
     imported = [m for m in foreign if m in sys.modules]
     assert not imported, f"the {framework} runner imported {imported}"

@@ -12,6 +12,8 @@ Record the zoo (PyTorch scenarios and their twins) and replay it::
 
 The real-program corpus records its runs with ``benchmarks/realworld/run.py --record DIR``.
 A recording is a pickle of :class:`Recording`; recordings are local artefacts (ignored by git).
+The replay ends with the faults found, the silent runs kept silent, and the root-cause figure
+(``root_cause=R/M``, see ``benchmarks/root_cause.py``) with each run whose root cause is wrong.
 """
 from __future__ import annotations
 
@@ -29,10 +31,12 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
 from lossprobe import Config  # noqa: E402
 from lossprobe.history import History  # noqa: E402
 from lossprobe.record import ACTIVATION_FIELDS, MASK_FIELDS, PARAM_FIELDS, SCALAR_FIELDS, StepRecord  # noqa: E402
+from root_cause import RootCauseTally, accepted  # noqa: E402
 
 
 @dataclass
@@ -122,13 +126,17 @@ def replay(folder: Path, pattern: str = "", config: Config | None = None, quiet:
                     recs.append(r)
     t0 = time.perf_counter()
     tally: Counter = Counter()
+    roots = RootCauseTally()
     for r in recs:
         findings, health = diagnose(r, config)
         ok, missing, unexpected = score(r, findings, health)
         group = "silent" if r.silent else "fault"
         tally[group, ok] += 1
+        if not r.silent and (r.names or r.expect):
+            roots.add(r.name, findings, planted(r))
         if not quiet or not ok:
             found = ", ".join(f"{f.code}{'' if f.severity != 'info' else '(i)'}{'(r)' if getattr(f, 'resolved', False) else ''}@{f.step}"
+                              f"{'<' + f.caused_by if f.caused_by else ''}"
                               for f in findings) or "-"
             flag = "ok  " if ok else "FAIL"
             extra = (f" missing={missing}" if missing else "") + (f" unexpected={unexpected}" if unexpected else "")
@@ -137,7 +145,16 @@ def replay(folder: Path, pattern: str = "", config: Config | None = None, quiet:
     n_silent = tally["silent", True] + tally["silent", False]
     print(f"\nfaults found {tally['fault', True]}/{n_fault}   silent runs silent {tally['silent', True]}/{n_silent}"
           f"   ({len(recs)} runs replayed in {time.perf_counter() - t0:.1f} s)")
+    print(roots.report())
     return 0
+
+
+def planted(rec: Recording) -> tuple[str, ...]:
+    """The codes that name a recording's planted or published fault: a corpus case's ``names``,
+    or a zoo scenario's headline code and :data:`root_cause.ZOO_NAMES`."""
+    if rec.names:
+        return rec.names
+    return accepted(rec.name.removeprefix("zoo/"), rec.expect[0])
 
 
 def record_zoo(out: Path, pattern: str = "") -> int:

@@ -3,7 +3,7 @@
 A backend never touches the probe itself (its history, sinks or privates): it is started
 with a channel and uses three calls::
 
-    channel.ingest(Flush(records=..., val_points=..., facts=...))  # a flush: decoded off the training thread
+    channel.ingest(Flush(decode=..., val_points=..., facts=...))  # a flush: decoded off the training thread
     channel.boundary()             # a step boundary on the training thread: queued sink updates
                                    # are delivered, a pending TrainingHealthError is raised
     channel.warn("torch:outputs", "model output holds no tensor; output statistics are off")

@@ -217,7 +217,7 @@ class Probe:
     # -- flush processing --------------------------------------------------------
     def _process(self, flush: Flush) -> None:
         """Decode, append to the history, run the rules when due, publish."""
-        records = flush.decoded()
+        records, extra_rows = flush.decoded(yield_gil if self._worker is not None and self._worker.here() else None)
         if flush.layout is not None and flush.layout != self._layout:
             self._adopt(flush.layout)
         if flush.facts is not None:
@@ -233,9 +233,9 @@ class Probe:
             rows = metric_rows(records, self.layout, self.config.max_layer_metrics)
             for step, v in flush.val_points:
                 rows.append((int(step), {"lossprobe/val_loss": float(v)}))
-        if flush.extra_rows:
+        if extra_rows:
             at = {s: m for s, m in rows}
-            for step, m in flush.extra_rows:
+            for step, m in extra_rows:
                 if int(step) in at:
                     at[int(step)].update(m)
                 else:

@@ -199,7 +199,7 @@ class StepRecord:
     input_abs_max: float = NAN
     input_mean: float = NAN
     input_std: float = NAN
-    input_nonfinite: float = NAN          # count of NaN/Inf in the batch's inputs
+    input_nonfinite: float = NAN          # 1.0 when the batch's inputs hold a NaN/Inf, else 0.0
     # targets
     target_min: float = NAN
     target_max: float = NAN
@@ -248,20 +248,25 @@ ACTIVATION_FIELDS = ("act_dead", "act_sat", "act_scale")
 class Flush:
     """One flush from a backend to the probe (through :class:`lossprobe.channel.Channel`).
 
-    ``records``: the decoded steps, or a callable that decodes them (run off the training
-    thread, so the numpy work overlaps the next steps). ``val_points``: (step, validation
-    loss). ``extra_rows``: (step, {"lossprobe/<name>": value}) tracker metrics measured
-    beyond the StepRecord. ``facts``: the latest :class:`Facts` (None: unchanged).
-    ``layout``: the complete layout, sent once by a backend that could not know it at
-    attach (an unbuilt Keras model).
+    ``records``: the decoded steps; or ``decode``, a callable that returns (records,
+    extra rows) -- run off the training thread, so the numpy work overlaps the next steps.
+    ``val_points``: (step, validation loss). ``extra_rows``: (step, {"lossprobe/<name>":
+    value}) tracker metrics measured beyond the StepRecord. ``facts``: the latest
+    :class:`Facts` (None: unchanged). ``layout``: the complete layout, sent once by a
+    backend that could not know it at attach (an unbuilt Keras model).
     """
 
-    records: Sequence[StepRecord] | Callable[[], Sequence[StepRecord]] = ()
+    records: Sequence[StepRecord] = ()
     val_points: Sequence[tuple[int, float]] = ()
     extra_rows: Sequence[tuple[int, dict[str, float]]] = ()
     facts: Facts | None = None
     layout: Layout | None = None
+    decode: Callable[..., tuple[Sequence[StepRecord], Sequence[tuple[int, dict[str, float]]]]] | None = None
 
-    def decoded(self) -> list[StepRecord]:
-        r = self.records
-        return list(r() if callable(r) else r)
+    def decoded(self, pause: Callable[[], None] | None = None) -> tuple[list[StepRecord], list[tuple[int, dict[str, float]]]]:
+        """(records, extra rows), decoding them now when the backend left that to the probe;
+        ``pause`` is called now and then while decoding (the worker yields the interpreter)."""
+        if self.decode is not None:
+            records, extra = self.decode(pause)
+            return list(records), list(self.extra_rows) + list(extra)
+        return list(self.records), list(self.extra_rows)

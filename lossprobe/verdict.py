@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from .catalog import SEVERITY_RANK, worst
 from .findings import Detection, Finding
+from .rootcause import attribute
 
 
 def resolve_conflicts(dets: list[Detection]) -> list[Detection]:
@@ -93,8 +94,10 @@ class Verdict:
         return new
 
     def findings(self) -> list[Finding]:
-        """Worst first, then by the step each began."""
-        return sorted(self._findings.values(), key=lambda f: (-SEVERITY_RANK[f.severity], f.step, f.code))
+        """Worst first, then by the step each began; ``caused_by`` set (root-cause attribution)."""
+        out = sorted(self._findings.values(), key=lambda f: (-SEVERITY_RANK[f.severity], f.step, f.code))
+        attribute(out)
+        return out
 
     def take_critical(self) -> list[Finding]:
         """New critical findings not yet handed out (empty unless ``collect_critical``)."""

@@ -152,11 +152,14 @@ def _finding(code, step, caused_by=None, resolved=False, **evidence):
 @pytest.fixture
 def explained():
     """A learning rate too high that explains dead ReLUs and a plateau; an independent
-    unshuffled loader; a loss spike that resolved; the run converged at the end."""
+    unshuffled loader; over-regularisation that resolved early (nothing here explains it, and
+    it explains nothing that began after it cleared); the run converged at the end. The
+    ``caused_by`` set here is what :func:`lossprobe.rootcause.attribute` sets from the causal
+    model, which recomputes it."""
     return [
         _finding("dead_relu", 40, "learning_rate_too_high", layers={"1.ReLU": 1.0}),
         _finding("learning_rate_too_high", 12, median_update_ratio=0.8),
-        _finding("loss_spike", 30, resolved=True, loss=9.1),
+        _finding("over_regularization", 30, resolved=True, shrunk_by=0.4),
         _finding("loss_plateau", 80, "learning_rate_too_high"),
         _finding("unshuffled_data", 60, distinct_ratio=0.1),
         _finding("converged", 250),
@@ -178,7 +181,7 @@ def test_report_dict_orders_by_root_cause(explained):
     order = [(f["code"], f["depth"], f["status"]) for f in rep["findings"]]
     assert order == [("learning_rate_too_high", 0, "active"), ("dead_relu", 1, "active"),
                      ("loss_plateau", 1, "active"), ("unshuffled_data", 0, "active"),
-                     ("loss_spike", 0, "resolved"), ("converged", 0, "active")]
+                     ("over_regularization", 0, "resolved"), ("converged", 0, "active")]
 
 
 def test_html_leads_with_root_causes_and_nests_consequences(explained):
@@ -189,10 +192,10 @@ def test_html_leads_with_root_causes_and_nests_consequences(explained):
     assert start < first < second < page.index("<h2>Findings")
     lead = page[first:second]
     assert "Fix first:" in lead and "<code>dead_relu</code> (from step 40)" in lead and "loss_plateau" in lead
-    assert "loss_spike" not in page[start:page.index("<h2>Findings")]     # resolved: not where to start
+    assert "over_regularization" not in page[start:page.index("<h2>Findings")]     # resolved: not where to start
     rows = re.findall(r'<tr class="([^"]*)"><td>(?:&#8627; )?<b>(\w+)</b>', page)
     assert rows == [("", "learning_rate_too_high"), ("consequence", "dead_relu"),
-                    ("consequence", "loss_plateau"), ("", "unshuffled_data"), ("resolved", "loss_spike"),
+                    ("consequence", "loss_plateau"), ("", "unshuffled_data"), ("resolved", "over_regularization"),
                     ("", "converged")]
 
 
@@ -201,7 +204,7 @@ def test_console_summary_leads_with_root_causes(explained):
     lines = text.splitlines()
     assert lines[0] == "lossprobe: health = warning (2 root causes)"
     codes = [ln.split()[0] for ln in lines[2:8]]
-    assert codes == ["learning_rate_too_high", "dead_relu", "loss_plateau", "unshuffled_data", "loss_spike",
+    assert codes == ["learning_rate_too_high", "dead_relu", "loss_plateau", "unshuffled_data", "over_regularization",
                      "converged"]
     assert lines[3].startswith("    dead_relu") and lines[2].startswith("  learning_rate_too_high")
     assert "resolved" in lines[6].split()

@@ -339,8 +339,8 @@ def test_fold_keeps_nonfinite_and_last_values():
 
 def test_table_is_grouped_by_root_cause_and_the_health_tag_follows(offline_wandb):
     """The sink alone, fed what a probe sends, with findings whose caused_by is set (as the
-    attribution sets it): one table on the first critical, one at the end, rows grouped by
-    root cause; the health tag is replaced as health changes, never doubled."""
+    attribution sets it from the causal model): one table on the first critical, one at the end,
+    rows grouped by root cause; the health tag is replaced as health changes, never doubled."""
     from lossprobe.findings import Detection, Finding
     from lossprobe.sinks import FinalReport, FlushUpdate, RunInfo
     from lossprobe.tags import tracker_tags
@@ -352,15 +352,15 @@ def test_table_is_grouped_by_root_cause_and_the_health_tag_follows(offline_wandb
 
     lr = finding("learning_rate_too_high", 12)
     dead = finding("dead_relu", 40, "learning_rate_too_high")
-    spike = finding("loss_spike", 30, resolved=True)
+    regularised = finding("over_regularization", 30, resolved=True)
     plateau = finding("loss_plateau", 70, "learning_rate_too_high")
-    nan = finding("nan_loss", 90)
+    bad_batch = finding("nonfinite_inputs", 90)   # nothing here explains a NaN batch
     sink = WandbSink(project="lossprobe-tests", name="grouped")
     sink.open(RunInfo("torch", lossprobe.__version__, {}, {"flush_every": 20}))
     flushes = [([lr, dead], [lr, dead], "warning", "healthy"),
-               ([lr, dead, spike], [spike], "warning", "warning"),
-               ([lr, dead, spike, plateau, nan], [plateau, nan], "critical", "warning"),
-               ([lr, dead, spike, plateau, nan], [], "critical", "critical")]
+               ([lr, dead, regularised], [regularised], "warning", "warning"),
+               ([lr, dead, regularised, plateau, bad_batch], [plateau, bad_batch], "critical", "warning"),
+               ([lr, dead, regularised, plateau, bad_batch], [], "critical", "critical")]
     for step, (found, new, health, before) in enumerate(flushes):
         sink.on_flush(FlushUpdate([(step, {"lossprobe/loss": 2.0 - step / 10})], found, new, health, before,
                                   tracker_tags(found, health), step))
@@ -371,11 +371,11 @@ def test_table_is_grouped_by_root_cause_and_the_health_tag_follows(offline_wandb
     table = run.table(TABLE_KEY)
     rows = [dict(zip(table["columns"], r)) for r in table["data"]]
     assert [(r["root_cause"], r["code"], r["caused_by"], r["status"]) for r in rows] == [
-        ("nan_loss", "nan_loss", "", "active"),
+        ("nonfinite_inputs", "nonfinite_inputs", "", "active"),
         ("learning_rate_too_high", "learning_rate_too_high", "", "active"),
         ("learning_rate_too_high", "dead_relu", "learning_rate_too_high", "active"),
         ("learning_rate_too_high", "loss_plateau", "learning_rate_too_high", "active"),
-        ("loss_spike", "loss_spike", "", "resolved")]
+        ("over_regularization", "over_regularization", "", "resolved")]
     assert set(run.tags) == {f.code for f in final} | {"lossprobe:health=critical"}
-    assert run.summary["lossprobe/root_cause"] == "nan_loss"
+    assert run.summary["lossprobe/root_cause"] == "nonfinite_inputs"
     assert run.summary["lossprobe/diagnoses"] == ",".join(sorted(f.code for f in final))   # every code stays

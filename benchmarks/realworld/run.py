@@ -11,10 +11,13 @@ imported) and scores them:
   that only shows a symptom of it (``SYMPTOMS``) is counted apart, as ``symptom_only``.
 * **fixed_silent**: a fixed program that learns (its loss fell, see :func:`learns`) ended
   with health ``healthy`` (no active warning, never a critical).
+* **root_cause**: of the buggy programs with two or more warning/critical findings, those whose
+  reported root cause (``lossprobe.rootcause.attribute``, first) names the published fault
+  (a code in ``NAMES[kind]``); ``benchmarks/root_cause.py``.
 
 Prints one line per case and ends with::
 
-    matched=M/N fixed_silent=S/F symptom_only=K
+    matched=M/N fixed_silent=S/F symptom_only=K root_cause=R/C
 
 Usage::
 
@@ -33,12 +36,19 @@ import tempfile
 import time
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent.parent))
+sys.path.insert(0, str(HERE.parent))
+
+from lossprobe.catalog import SEVERITY_RANK  # noqa: E402
+from lossprobe.findings import Finding  # noqa: E402
+from root_cause import RootCauseTally  # noqa: E402
+
 CASES = HERE / "cases"
 HARNESS = HERE / "harness.py"
 
@@ -176,6 +186,20 @@ def _codes(result: dict) -> dict[str, str]:
     return out
 
 
+def _findings(result: dict) -> list[Finding]:
+    """The program's findings as :class:`Finding` objects, one per code over every probe (the
+    worst, then the earliest), for root-cause attribution."""
+    names = {f.name for f in fields(Finding)}
+    best: dict[str, Finding] = {}
+    for p in result.get("probes", []):
+        for d in p.get("findings", []):
+            f = Finding(**{k: v for k, v in d.items() if k in names})
+            old = best.get(f.code)
+            if old is None or (-SEVERITY_RANK[f.severity], f.step) < (-SEVERITY_RANK[old.severity], old.step):
+                best[f.code] = f
+    return list(best.values())
+
+
 def _health(result: dict) -> str:
     order = {"healthy": 0, "info": 0, "warning": 1, "critical": 2}
     hs = [p.get("health", "healthy") for p in result.get("probes", [])]
@@ -259,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     if record is not None:
         _label_recordings(record, cases)
     scores = [score(c, by[(c.id, "buggy")], by[(c.id, "fixed")]) for c in cases]
+    roots = RootCauseTally()
+    root_ok = {s.case.id: roots.add(s.case.id, _findings(s.buggy), NAMES[s.case.kind]) for s in scores}
     for s in scores:
         print(s.line())
     n = len(scores)
@@ -273,11 +299,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"missed: {', '.join(misses) or '-'}")
     print(f"alarms on fixed programs: {', '.join(alarms) or '-'}")
     print(f"fixed programs that do not learn (not counted): {', '.join(not_learning) or '-'}")
-    print(f"matched={m}/{n} fixed_silent={silent}/{len(learning)} symptom_only={sym}")
+    for w in roots.wrong:
+        print(f"  wrong root: {w}")
+    print(f"matched={m}/{n} fixed_silent={silent}/{len(learning)} symptom_only={sym} {roots.line()}")
     if args.json:
         Path(args.json).write_text(json.dumps([{
             "id": s.case.id, "framework": s.case.framework, "kind": s.case.kind, "matched": s.matched,
             "symptom_only": s.symptom_only, "fixed_learns": s.fixed_learns, "fixed_silent": s.fixed_silent,
+            "root_cause_named": root_ok[s.case.id],
             "buggy_codes": _codes(s.buggy), "fixed_codes": _codes(s.fixed), "fixed_health": _health(s.fixed),
             "buggy_findings": _alarms(s.buggy), "fixed_findings": _alarms(s.fixed),
             "learn_note": s.learn_note, "buggy_error": s.buggy.get("error"), "fixed_error": s.fixed.get("error"),

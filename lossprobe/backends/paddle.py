@@ -456,7 +456,7 @@ class PaddleBackend(EagerCapture):
         out = first_tensor(self.ops, output)
         if cur is None or not self._training() or not _eager(out):
             return None
-        self._safe("outputs", self._model_output, cur, output)
+        self._safe("outputs", self._model_output, cur, output, out)
         if self._producer_hooks and self.facts.knows("output_layer"):
             for handle in self._producer_hooks:
                 handle.remove()

@@ -88,6 +88,7 @@ class _Hooks:
         self.original_backward = None
         self.installed_backward = None
         self.original_scale = None
+        self.installed_scale = None
 
     def add(self, b: "TorchBackend") -> None:
         if not self.backends:
@@ -99,7 +100,7 @@ class _Hooks:
             self.original_backward = torch.autograd.backward
             self.installed_backward = torch.autograd.backward = self.backward
             self.original_scale = GradScaler.scale
-            GradScaler.scale = _remember_unscaled(GradScaler.scale)
+            self.installed_scale = GradScaler.scale = _remember_unscaled(GradScaler.scale)
         self.backends.append(b)
         self.roles.setdefault(id(b.model), []).append((b, "root", None))
         for j, m in enumerate(b.act_modules):
@@ -120,9 +121,10 @@ class _Hooks:
             for h in self.handles:
                 h.remove()
             self.handles = []
-            if torch.autograd.backward is self.installed_backward:
+            if torch.autograd.backward is self.installed_backward:   # unless someone wrapped it since
                 torch.autograd.backward = self.original_backward
-            GradScaler.scale = self.original_scale
+            if GradScaler.scale is self.installed_scale:
+                GradScaler.scale = self.original_scale
 
     # -- dispatch --
     def pre(self, module, args):
@@ -142,18 +144,19 @@ class _Hooks:
             elif role == "act":
                 b._guarded("activations", b._act_post, arg, output)
             elif b._cur is not None and b._cur.sampled and isinstance(output, torch.Tensor):
-                b._note_producer(output, arg)   # which layer made the model's output
+                b._guarded("outputs", b._note_producer, output, arg)   # which layer made the model's output
         if isinstance(module, nn.modules.loss._Loss):
             for b in self.backends:
                 b._guarded("loss", b._loss_module, module, args, output)
         return None
 
     def opt_pre(self, opt, args, kwargs):
+        changed = None
         for b in list(self.backends):
             new = b._guarded("steps", b._opt_pre, opt, args, kwargs)
-            if new is not None:
-                args, kwargs = new
-        return (args, kwargs)
+            if new is not None:   # a closure wrapped to read the gradients when it returns
+                changed = args, kwargs = new
+        return changed
 
     def opt_post(self, opt, args, kwargs):
         for b in list(self.backends):
@@ -317,7 +320,7 @@ class TorchBackend(EagerCapture):
             self._safe("inputs", self._record_inputs, cur, (args, kwargs))
         if self.dist is not None:
             self._safe("distributed", self.dist.on_forward, args, kwargs)
-        self._model_output(cur, output)
+        self._model_output(cur, output, out)
 
     def _act_post(self, j: int, output) -> None:
         cur = self._cur
@@ -431,15 +434,20 @@ class TorchBackend(EagerCapture):
         t = self._safe("distributed", self.dist.take_tensors)  # rides in this flush's one copy
         return [t] if t is not None else []
 
-    def _hand_over(self, steps, rows, val_points, extra_host) -> None:
+    def _hand_over(self, steps, host, plan, val_points, extra_host) -> None:
         if self.dist is None:
-            return super()._hand_over(steps, rows, val_points, extra_host)
-        # torch_dist.py: the cross-rank merge (one gather per flush) and the noise-scale rows;
-        # collectives stay on the training thread
-        records, extra_rows = self._decode(steps, rows), []
-        merged = self._safe("distributed", self.dist.on_flush, records, extra_host[-1] if extra_host else None)
-        if merged is not None:
-            records, extra_rows = merged
-        self.channel.ingest(Flush(records=records, val_points=val_points, extra_rows=extra_rows,
-                                  facts=self.facts.facts))
+            return super()._hand_over(steps, host, plan, val_points, extra_host)
+        # torch_dist.py: the cross-rank merge (one gather per flush) and the noise-scale rows
+        taken, dist_host = self.dist.take_taken(), (extra_host[-1] if extra_host else None)
+
+        def decode(pause=None):
+            records = self._decode(steps, host, plan, pause)
+            merged = self._safe("distributed", self.dist.on_flush, records, dist_host, taken)
+            return merged if merged is not None else (records, [])
+        if self.dist.table is not None:   # several ranks: the collectives stay on the training thread
+            records, extra_rows = decode()
+            self.channel.ingest(Flush(records=records, val_points=val_points, extra_rows=extra_rows,
+                                      facts=self.facts.facts))
+        else:
+            self.channel.ingest(Flush(decode=decode, val_points=val_points, facts=self.facts.facts))
 

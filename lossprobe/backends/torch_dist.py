@@ -67,7 +67,10 @@ import numpy as np
 import torch
 import torch.optim.optimizer as _optim_mod
 
+from ..capture.spec import MAX, MEAN, MIN, RANK_COMBINE, SUM
 from ..record import StepRecord
+
+_COMBINE = {MAX: max, MIN: min, SUM: sum, MEAN: lambda v: float(np.mean(v))}
 from ..rules.distributed import NoiseScale, RankTable
 
 
@@ -337,7 +340,12 @@ class DistHelper:
         dev = tensors[0].device
         return torch.cat([t.to(dev) for t in tensors])
 
-    def on_flush(self, records: list[StepRecord], host: np.ndarray | None = None
+    def take_taken(self) -> tuple | None:
+        """What :meth:`take_tensors` took for this flush (for :meth:`on_flush` on another thread)."""
+        taken, self._taken = self._taken, None
+        return taken
+
+    def on_flush(self, records: list[StepRecord], host: np.ndarray | None = None, taken: tuple | None = None
                  ) -> tuple[list[StepRecord], list[tuple[int, dict[str, float]]]]:
         """Called by the backend with its decoded records (and the host copy of what
         :meth:`take_tensors` gave it), before the probe ingests them.
@@ -346,10 +354,11 @@ class DistHelper:
         cross-rank exchange runs only when there are records: every rank flushes at the
         same step, so all ranks take part (a flush with validation points only does not).
         """
-        if not getattr(self, "_taken", None):
+        if taken is None:
+            taken = self.take_taken()
+        if not taken:
             self.take_tensors()   # called without take_tensors: drop the device values
-            host = None
-        taken, self._taken = self._taken, None
+            taken, host = self.take_taken(), None
         for rec in records:
             rec.rank = self.rank
         if not records:
@@ -432,8 +441,8 @@ class DistHelper:
                 rec.loss_seen = 1.0
             for name in ("input_nonfinite", "output_nonfinite"):
                 vals = [r[name] for r in rows if name in r and not math.isnan(r[name])]
-                if vals:
-                    setattr(rec, name, float(max(vals)) if name == "input_nonfinite" else float(sum(vals)))
+                if vals:   # as capture.spec says the ranks combine it
+                    setattr(rec, name, float(_COMBINE[RANK_COMBINE[name]](vals)))
 
     def _noise_rows(self, gathered: list[list[dict[str, float]]]) -> list[tuple[int, dict[str, float]]]:
         if not self.noise_on:

@@ -34,24 +34,35 @@ class Columns:
         self.layout = layout
         self.n_params, self.n_acts = len(layout.params), len(layout.activations)
         self._spans: dict[str, tuple[int, int]] = {}
+        scalar_cols, self._scalar_names, self._param_spans = [], [], []
         at = 0
         for stat in STATS.values():
             n = len(stat.fields)
             if stat.per == PER_PARAM:
                 n = self.n_params
+                self._param_spans.append((stat.fields[0][0], at, at + n))
             elif stat.per == PER_ACTIVATION:
                 n *= self.n_acts
+            else:
+                scalar_cols.extend(range(at, at + n))
+                self._scalar_names.extend(stat.field_names)
             self._spans[stat.name] = (at, at + n)
             at += n
+        self._scalar_cols = np.array(scalar_cols, dtype=np.int64)
         self.width = at
+        self._cols: dict[tuple[str, int | None], np.ndarray] = {}
 
     def span(self, name: str, j: int | None = None) -> np.ndarray:
         """The column indices of statistic ``name`` (of activation ``j`` for a per-activation one)."""
-        a, b = self._spans[name]
-        if j is not None:
-            k = len(STATS[name].fields)
-            a, b = a + k * j, a + k * (j + 1)
-        return np.arange(a, b)
+        cols = self._cols.get((name, j))
+        if cols is None:
+            a, b = self._spans[name]
+            if j is not None:
+                k = len(STATS[name].fields)
+                a, b = a + k * j, a + k * (j + 1)
+            cols = self._cols[(name, j)] = np.arange(a, b)
+            cols.flags.writeable = False
+        return cols
 
     def start(self, name: str) -> int:
         return self._spans[name][0]
@@ -68,22 +79,17 @@ class Columns:
 
     def decode(self, step: int, row: np.ndarray) -> StepRecord:
         """A StepRecord from one row (nan = not measured)."""
-        rec = StepRecord.empty(step, self.layout)
-        for stat in STATS.values():
-            a, b = self._spans[stat.name]
-            block = np.asarray(row[a:b], dtype=float)
-            if stat.per == PER_PARAM:
-                if stat.name == "grad":
-                    self._decode_grads(rec, block)
-                else:
-                    setattr(rec, stat.fields[0][0], block.copy())
-            elif stat.per == PER_ACTIVATION:
-                per = block.reshape(self.n_acts, len(stat.fields))
-                for k, name in enumerate(stat.field_names):
-                    setattr(rec, name, per[:, k].copy())
-            else:
-                for k, name in enumerate(stat.field_names):
-                    setattr(rec, name, float(block[k]))
+        row = np.asarray(row, dtype=float)
+        rec = StepRecord.__new__(StepRecord)   # every field is set here, from the row
+        fields = dict(zip(self._scalar_names, row[self._scalar_cols].tolist()), step=int(step), rank=0)
+        for name, a, b in self._param_spans:
+            fields[name] = row[a:b].copy()
+        a, b = self._spans["act"]
+        per = row[a:b].reshape(self.n_acts, len(STATS["act"].fields))
+        for k, name in enumerate(STATS["act"].field_names):
+            fields[name] = per[:, k].copy()
+        rec.__dict__.update(fields)
+        self._decode_grads(rec, rec.param_grad_norms)
         if rec.loss_seen != 1.0:
             rec.loss, rec.loss_seen = math.nan, 0.0
         # the gradient already in .grad at the first backward, relative to the applied one
@@ -96,8 +102,7 @@ class Columns:
     def _decode_grads(rec: StepRecord, g: np.ndarray) -> None:
         rec.param_grad_missing = g == MISSING
         rec.param_grad_unmeasured = g == UNMEASURED
-        g = np.where(g < 0, np.nan, g)
-        rec.param_grad_norms = g
+        g[g < 0] = np.nan
         measured = g[~rec.param_grad_missing & ~rec.param_grad_unmeasured]
         if measured.size and not np.isnan(measured).all():
             rec.grad_norm = float(np.sqrt(np.sum(measured.astype(np.float64) ** 2)))
@@ -125,40 +130,56 @@ class StepValues:
 
 
 def pack(ops, steps: Sequence[StepValues], extra: Sequence[Any] = ()) -> tuple[Any, list]:
-    """All device values of ``steps`` (and ``extra`` 1-D tensors, e.g. validation losses)
-    as one flat device tensor, and the plan to unpack its host copy."""
-    pieces: list[Any] = []
-    plan: list[tuple[int, np.ndarray | None, int, int, np.ndarray | None]] = []
-    at = 0
-    for i, s in enumerate(steps):
-        for cols, value, scale in s.device:
-            parts = list(value) if isinstance(value, (list, tuple)) else [value]
-            n = 0
-            for v in parts:
-                pieces.append(v)
-                n += ops.size(v) or 1
-            plan.append((i, cols, at, n, scale))
-            at += n
-    for k, v in enumerate(extra):
-        pieces.append(v)
-        n = ops.size(v) or 1
-        plan.append((-1 - k, None, at, n, None))
-        at += n
-    return (ops.cat(pieces) if pieces else None), plan
+    """All device values of ``steps`` (and ``extra`` tensors, e.g. validation losses) as one
+    flat device tensor -- every one-element value first, in one stack, then the vectors --
+    and the plan to unpack its host copy."""
+    entries = [(i, cols, value, scale) for i, s in enumerate(steps) for cols, value, scale in s.device]
+    entries += [(-1 - k, None, v, None) for k, v in enumerate(extra)]
+    scalars: list[Any] = []
+    vectors: list[Any] = []
+    placed: list[tuple[int, np.ndarray | None, list, np.ndarray | None]] = []
+    for i, cols, value, scale in entries:
+        where = []   # (segment, index, size) of each piece of this entry
+        for v in (value if isinstance(value, (list, tuple)) else (value,)):
+            n = ops.size(v)
+            if n == 1:
+                where.append((0, len(scalars), 1))
+                scalars.append(v)
+            else:
+                where.append((1, len(vectors), n))
+                vectors.append(v)
+        placed.append((i, cols, where, scale))
+    if not scalars and not vectors:
+        return None, []
+    starts = np.cumsum([len(scalars)] + [ops.size(v) for v in vectors])
+    plan = []
+    for i, cols, where, scale in placed:
+        spans = [(k, k + 1) if seg == 0 else (int(starts[k]), int(starts[k]) + n) for seg, k, n in where]
+        if all(b == spans[j + 1][0] for j, (_, b) in enumerate(spans[:-1])):   # contiguous: one slice
+            plan.append((i, cols, spans[0][0], spans[-1][1] - spans[0][0], scale))
+        else:
+            plan.append((i, cols, np.concatenate([np.arange(a, b) for a, b in spans]), None, scale))
+    return ops.cat_flat(scalars, vectors), plan
 
 
-def unpack(columns: Columns, steps: Sequence[StepValues], host: np.ndarray | None,
-           plan: list) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Rows of ``steps`` from the host copy of :func:`pack`'s tensor, and the ``extra`` values."""
-    rows = [columns.empty_row() for _ in steps]
+def unpack(columns: Columns, steps: Sequence[StepValues], host: np.ndarray | None, plan: list) -> np.ndarray:
+    """The rows of ``steps`` (one per step) from the host copy of :func:`pack`'s tensor."""
+    rows = np.full((len(steps), columns.width), np.nan)
     for row, s in zip(rows, steps):
         for cols, vals in s.known:
             row[cols] = vals
-    extra: list[np.ndarray] = []
     for i, cols, a, n, scale in plan:
-        vals = np.asarray(host[a:a + n], dtype=float)
-        if i < 0:
-            extra.append(vals)
-            continue
-        rows[i][cols] = vals if scale is None else vals * scale
-    return rows, extra
+        if i >= 0:
+            vals = _read(host, a, n)
+            rows[i, cols] = vals if scale is None else vals * scale
+    return rows
+
+
+def extras(host: np.ndarray | None, plan: list) -> list[np.ndarray]:
+    """The ``extra`` values :func:`pack` was given, from its host copy, in order."""
+    return [np.asarray(_read(host, a, n), dtype=float) for i, _, a, n, _ in plan if i < 0]
+
+
+def _read(host: np.ndarray, at, n):
+    """A plan entry's values: a slice (``at``, ``n``) or, for pieces packed apart, an index array."""
+    return host[at] if n is None else host[at:at + n]

@@ -16,7 +16,6 @@ Example (inside a backend's hooks)::
 from __future__ import annotations
 
 import math
-import time
 import weakref
 from typing import Any, Sequence
 
@@ -25,7 +24,7 @@ import numpy as np
 from ..backends.base import CaptureGuard
 from ..record import Flush, Layout, StepRecord
 from . import stats
-from .buffer import Columns, StepValues, pack, unpack
+from .buffer import Columns, StepValues, extras, pack, unpack
 from .facts import FactSheet, loss_from_graph, output_activation
 from .ops import Ops, first_tensor
 from .spec import MISSING, UNMEASURED, is_sampled, update_sample_index
@@ -128,10 +127,10 @@ class EagerCapture(CaptureGuard):
         if cur.sampled:
             cur.put(c.span("input"), stats.input_stats(self.ops, x))
 
-    def _model_output(self, cur: Step, output) -> None:
-        """The model's output on a training forward: a backward hook on it (loss and carried
-        gradient attribution), its facts and, on sampled steps, its statistics."""
-        out = first_tensor(self.ops, output)
+    def _model_output(self, cur: Step, output, out) -> None:
+        """The model's output (``out``: its tensor) on a training forward: a backward hook on
+        it (loss and carried gradient attribution), its facts and, on sampled steps, its
+        statistics."""
         if out is None:
             if "outputs-shape" not in self._disabled:
                 self._disabled.add("outputs-shape")
@@ -243,9 +242,11 @@ class EagerCapture(CaptureGuard):
         """Per-parameter gradient norms: ``grads`` of the parameters ``index`` (their norms
         computed here unless given), the others missing or unmeasured. A later read of the
         same step (gradients re-read after an optimizer closure) replaces this one."""
-        sentinels = np.full(len(self.params), np.nan)
-        sentinels[list(missing)] = MISSING
-        sentinels[list(unmeasured)] = UNMEASURED
+        sentinels = None
+        if missing or unmeasured:
+            sentinels = np.full(len(self.params), np.nan)
+            sentinels[list(missing)] = MISSING
+            sentinels[list(unmeasured)] = UNMEASURED
         if grads and norms is None:
             norms = self.ops.norms(grads)
         cur.grads = (list(index), norms if grads else None, scale, sentinels)
@@ -327,8 +328,6 @@ class EagerCapture(CaptureGuard):
 
     # -- observe() -------------------------------------------------------------------------------
     def observe(self, loss, targets, val_loss, gradients, step) -> None:
-        if loss is not None and loss is not self._last_loss:
-            self._loss_since_backward = True
         if val_loss is not None:
             v = self.ops.scalar(val_loss) if self.ops.is_tensor(val_loss) else float(val_loss)
             self._val_pending.append((self._val_step(), v))
@@ -342,6 +341,8 @@ class EagerCapture(CaptureGuard):
         target = self._loss_step()
         if loss is not None and not target.auto_loss and loss is not self._last_loss:
             self._record_loss(target, loss, auto=False)
+            # given before its backward(): that backward brings no second loss
+            self._loss_since_backward = target is self._cur
         if targets is not None:
             self._record_target(target, targets)
 
@@ -369,15 +370,14 @@ class EagerCapture(CaptureGuard):
         if not steps and not vals:
             return
         host_vals, extra_dev = self._finish_losses(steps, vals)
-        extra = self._extra_tensors()
-        flat, plan = pack(self.ops, steps, extra_dev + extra)
+        flat, plan = pack(self.ops, steps, extra_dev + self._extra_tensors())
         host = None
         if flat is not None:
             host = self.ops.to_host(flat)   # the single device->host copy of this flush
             self.n_host_reads += 1
-        rows, extra_host = unpack(self.columns, steps, host, plan)
+        extra_host = extras(host, plan)
         val_points = [(s, float(v if not self.ops.is_tensor(v) else extra_host.pop(0)[0])) for s, v in host_vals]
-        self._hand_over([s.step for s in steps], rows, val_points, extra_host)
+        self._hand_over(steps, host, plan, val_points, extra_host)
 
     def _finish_losses(self, steps: list[Step], vals: list) -> tuple[list, list]:
         """Each step's loss (the mean of its losses) and gradient norms into its row;
@@ -393,7 +393,8 @@ class EagerCapture(CaptureGuard):
                 s.put(self.columns.span("target"), stats.combine_targets(self.ops, s.targets))
             if s.grads is not None:
                 index, norms, scale, sentinels = s.grads
-                s.host(grad_col, sentinels)
+                if sentinels is not None:
+                    s.host(grad_col, sentinels)
                 if norms is not None:
                     s.put(grad_col[index], norms, scale)
             if not s.losses:
@@ -415,16 +416,18 @@ class EagerCapture(CaptureGuard):
         """More device values for this flush's one copy (the data-parallel helper's)."""
         return []
 
-    def _hand_over(self, steps: list[int], rows: list[np.ndarray], val_points: list, extra_host: list) -> None:
-        """Give the flush to the probe: decoded on its worker thread."""
+    def _hand_over(self, steps: list[Step], host, plan: list, val_points: list, extra_host: list) -> None:
+        """Give the flush to the probe: unpacked and decoded on its worker thread."""
         if self.channel is not None:
-            self.channel.ingest(Flush(records=lambda: self._decode(steps, rows), val_points=val_points,
-                                      facts=self.facts.facts))
+            self.channel.ingest(Flush(decode=lambda pause: (self._decode(steps, host, plan, pause), ()),
+                                      val_points=val_points, facts=self.facts.facts))
 
-    def _decode(self, steps: list[int], rows: list[np.ndarray]) -> list[StepRecord]:
+    def _decode(self, steps: list[Step], host, plan: list, pause=None) -> list[StepRecord]:
+        """StepRecords from the host copy (numpy only); ``pause`` now and then."""
+        rows = unpack(self.columns, steps, host, plan)
         out = []
-        for i, (step, row) in enumerate(zip(steps, rows)):
-            out.append(self.columns.decode(step, row))
-            if i % 4 == 3:
-                time.sleep(0)  # on the worker: let the training thread take the interpreter
+        for i, (s, row) in enumerate(zip(steps, rows)):
+            out.append(self.columns.decode(s.step, row))
+            if pause is not None and i % 4 == 3:
+                pause()
         return out

@@ -73,8 +73,14 @@ class Ops:
     def to_index(self, t, classes: int): raise NotImplementedError   # int, clipped to 0..classes-1
     def distinct(self, idx, classes: int): raise NotImplementedError  # count of classes present
     def count_nonfinite(self, t): raise NotImplementedError      # float32 scalar
+    def is_nonfinite(self, t): raise NotImplementedError         # float32 1.0 where NaN/Inf, else 0.0
     def stack(self, scalars: Sequence): raise NotImplementedError
     def cat(self, vectors: Sequence): raise NotImplementedError  # 1-D pieces -> one 1-D tensor
+
+    def cat_flat(self, scalars: Sequence, vectors: Sequence):
+        """One float32 1-D tensor: the one-element ``scalars`` stacked, then the ``vectors``."""
+        parts = ([self.stack(scalars)] if scalars else []) + list(vectors)
+        return self.cat(parts) if len(parts) > 1 else self.flat(self.f32(parts[0]))
     def full(self, value: float, like): raise NotImplementedError  # float32 scalar on like's device
     def norms(self, tensors: Sequence) -> list: raise NotImplementedError  # L2 norm of each
     def gather(self, flat, index): raise NotImplementedError     # index: numpy int64 array
@@ -113,7 +119,7 @@ class TorchOps(Ops):
         return bool(t.requires_grad)
 
     def scalar(self, t):
-        return t.detach().reshape(()).float()
+        return t.detach()          # one element; made a float32 scalar when packed
 
     def is_float(self, t) -> bool:
         return t.is_floating_point()
@@ -182,19 +188,21 @@ class TorchOps(Ops):
         return (counts > 0).sum().float()
 
     def count_nonfinite(self, t):
-        return (~self.torch.isfinite(t)).sum().float()
+        return (t - t).isnan().sum()   # x - x is nan exactly where x is nan or inf; faster than isfinite on CPU
+
+    def is_nonfinite(self, t):
+        return (t - t).isnan().float()
+
+    def size(self, t) -> int:
+        return t.numel()
 
     def stack(self, scalars):
-        return self.torch.stack([s.reshape(()).float() for s in scalars])
+        f32 = self.torch.float32
+        return self.torch.stack([s if s.dtype == f32 and s.dim() == 0 else s.reshape(()).to(f32) for s in scalars])
 
     def cat(self, vectors):
-        torch = self.torch
-        # every 0-d piece in one stack, the rest in one cat: a handful of ops per flush
-        dev = vectors[0].device
-        scalars = [v for v in vectors if v.dim() == 0]
-        if len(scalars) == len(vectors):
-            return torch.stack([v.to(dev, torch.float32) for v in vectors])
-        return torch.cat([v.to(dev, torch.float32).reshape(-1) for v in vectors])
+        f32, dev = self.torch.float32, vectors[0].device
+        return self.torch.cat([v.reshape(-1).to(dev, f32) for v in vectors])
 
     def full(self, value, like):
         return self.torch.full((), value, device=like.device)
@@ -294,7 +302,10 @@ class PaddleOps(Ops):
         return (hit > 0).astype("float32").sum()
 
     def count_nonfinite(self, t):
-        return self.paddle.logical_not(self.paddle.isfinite(t)).astype("float32").sum()
+        return self.is_nonfinite(t).sum()
+
+    def is_nonfinite(self, t):
+        return self.paddle.logical_not(self.paddle.isfinite(t)).astype("float32")
 
     def stack(self, scalars):
         return self.paddle.stack([self.f32(s).reshape([]) for s in scalars])
@@ -402,7 +413,10 @@ class TensorflowOps(Ops):
         return self.tf.reduce_sum(self.tf.cast(counts > 0, self.tf.float32))
 
     def count_nonfinite(self, t):
-        return self.tf.reduce_sum(self.tf.cast(self.tf.logical_not(self.tf.math.is_finite(t)), self.tf.float32))
+        return self.tf.reduce_sum(self.is_nonfinite(t))
+
+    def is_nonfinite(self, t):
+        return self.tf.cast(self.tf.logical_not(self.tf.math.is_finite(t)), self.tf.float32)
 
     def stack(self, scalars):
         return self.tf.stack([self.tf.reshape(self.tf.cast(s, self.tf.float32), []) for s in scalars])
