@@ -112,6 +112,8 @@ def score(rec: Recording, findings, health) -> tuple[bool, list[str], list[str]]
         missing = [] if serious & set(rec.names) else list(rec.names)
     if rec.silent:
         unexpected = [c for c in serious if c not in rec.expect] if health != "healthy" else []
+    elif rec.names:   # a published buggy program: what else it shows is not held against it (as run.py)
+        unexpected = []
     else:
         unexpected = [c for c, s in codes.items() if s == "critical" and c not in rec.expect and c not in rec.allow]
     return not missing and not unexpected, missing, unexpected

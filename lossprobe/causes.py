@@ -395,7 +395,14 @@ def _head_passes_no_gradient(ev: dict[str, Any]) -> bool:
     return act is None or (act == "softmax" and units == 1) or act == "relu"
 
 
+def _inputs_tiny(ev: dict[str, Any]) -> bool:
+    """Inputs far below unit scale (large ones give large gradients, never tiny updates)."""
+    mean, std = ev.get("input_mean"), ev.get("input_std")
+    return mean is None or std is None or abs(mean) + std < 1.0
+
+
 ONLY_WHEN: dict[tuple[str, str], Callable[[dict[str, Any]], bool]] = {
+    ("unnormalized_inputs", "learning_rate_too_low"): _inputs_tiny,
     ("output_activation_mismatch", "nan_loss"): _head_not_probabilities,
     ("output_activation_mismatch", "softmax_overflow"): _loss_unbounded,
     ("output_activation_mismatch", "exploding_gradients"): _loss_unbounded,

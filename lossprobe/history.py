@@ -24,6 +24,11 @@ import numpy as np
 
 from .record import ACTIVATION_FIELDS, MASK_FIELDS, PARAM_FIELDS, SCALAR_FIELDS, Facts, Layout, StepRecord
 
+# The initial loss is taken over the first steps until this many samples were seen (one step
+# at ordinary batch sizes), and over no more than this many steps.
+INITIAL_SAMPLES = 8
+INITIAL_STEPS = 8
+
 
 class _Ring:
     """A fixed-capacity ring of rows (shape ``(capacity, *row_shape)``)."""
@@ -86,6 +91,9 @@ class History:
         self.first_step: int | None = None
         self.last_step: int | None = None
         self.initial_loss = math.nan
+        self._initial: list[float] = []
+        self._initial_samples = 0.0
+        self._initial_done = False
         self.min_loss = math.inf
         self.ever_had_grad = np.zeros(n_p, bool)
         self.first_param_norms = np.full(n_p, np.nan)
@@ -106,14 +114,27 @@ class History:
         self.last_step = rec.step
         self.n_steps += 1
         if rec.loss_seen and math.isfinite(rec.loss):
-            if not math.isfinite(self.initial_loss):
-                self.initial_loss = rec.loss
+            self._note_initial(rec)
             self.min_loss = min(self.min_loss, rec.loss)
             self._loss_sketch.append(rec.step, rec.loss)
         if rec.param_grad_missing.size:
             self.ever_had_grad |= ~rec.param_grad_missing
         if np.isnan(self.first_param_norms).all() and rec.param_norms.size:
             self.first_param_norms = np.array(rec.param_norms, dtype=float)
+
+    def _note_initial(self, rec: StepRecord) -> None:
+        """The initial loss: the first step's, or with batches of a few samples the median over
+        the first steps until ``INITIAL_SAMPLES`` samples (at most ``INITIAL_STEPS`` steps) when
+        that is higher -- one sample's loss is no reference (at batch size 1 it can be 1e-4 on
+        an untrained model)."""
+        if self._initial_done:
+            return
+        self._initial.append(rec.loss)
+        b = rec.batch_size if math.isfinite(rec.batch_size) and rec.batch_size > 0 else INITIAL_SAMPLES
+        self._initial_samples += b
+        # never below the first step's: a loss that falls fast from step 0 starts at its first value
+        self.initial_loss = max(self._initial[0], float(np.median(self._initial)))
+        self._initial_done = self._initial_samples >= INITIAL_SAMPLES or len(self._initial) >= INITIAL_STEPS
 
     def set_facts(self, facts: Facts) -> None:
         """The latest facts a backend sent (the newest wins)."""

@@ -38,10 +38,20 @@ def resolve_conflicts(dets: list[Detection]) -> list[Detection]:
         drop |= {"loss_plateau"}
     if "chance_level_loss" in codes:
         drop |= {"converged", "loss_plateau"}  # the plateau at ln(C) is the chance-level finding
-    if codes & {"dead_relu", "vanishing_gradients", "frozen_parameters"}:
+    if "learning_rate_too_low" in codes and _only_unmoved(dets):
+        # tensors that get a gradient, sit in the optimizer and still never move: the step size
+        drop |= {"frozen_parameters"}
+    elif codes & {"dead_relu", "vanishing_gradients", "frozen_parameters"}:
         # tiny updates there come from gradients that do not arrive, not from the learning rate
         drop |= {"learning_rate_too_low"}
     return [d for d in dets if d.code not in drop]
+
+
+def _only_unmoved(dets: list[Detection]) -> bool:
+    """frozen_parameters found only tensors that have a gradient and are in the optimizer yet
+    never move (none without a gradient, none left out of the optimizer)."""
+    ev = next((d.evidence for d in dets if d.code == "frozen_parameters"), None)
+    return ev is not None and not ev.get("never_got_gradient") and not ev.get("not_in_optimizer")
 
 
 def health_of(findings) -> str:

@@ -278,10 +278,17 @@ def chance_level_loss(h, cfg):
     tr = loss_trend(h, cfg, min_points=cfg.curve_window)
     if tr is None or h.first_step is None or tr.steps[0] < h.first_step + cfg.warmup_steps:
         return None  # every classifier starts at ln(C): the first steps at chance are expected
-    c = chance_classes(h)
-    if h.facts.loss_kind in ("bce", "bce_logits"):
-        c = 2
-    candidates = [c] if c else [2]  # unknown width: only the unmistakable 0.6931
+    kind = h.facts.loss_kind
+    if kind in ("bce", "bce_logits"):
+        candidates = [2]
+    elif kind in ("cross_entropy", "nll"):
+        candidates = [chance_classes(h) or 2]
+    elif kind == "":
+        # a loss not recognised (a CRF, a hand-written one): the output width says nothing of
+        # what the loss averages over, so only the unmistakable 0.6931 of a binary guess
+        candidates = [2]
+    else:
+        return None  # a regression loss has no chance level
     for k in candidates:
         ref = math.log(k)
         near = np.abs(tr.loss - ref) <= cfg.chance_tolerance * ref

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..findings import Detection
 from . import rule
-from .curves import loss_trend
+from .curves import learning_well, loss_trend
 from .setup import received_activation
 
 
@@ -27,9 +27,12 @@ def unnormalized_inputs(h, cfg):
     med = float(np.median(typical))
     if med <= cfg.unnormalized_abs:
         return None
+    well = learning_well(h, cfg)   # it trains anyway: scaling is advice (faster, steadier), not a fault
     return Detection("unnormalized_inputs", int(t[0]), {
         "input_mean": float(np.median(mean)), "input_std": float(np.median(std)),
-        "threshold": cfg.unnormalized_abs})
+        "threshold": cfg.unnormalized_abs},
+        message="The loss still falls well: advice, not a fault yet." if well else "",
+        severity="info" if well else None)
 
 
 def expected_distinct(classes: int, batch: float) -> float:
@@ -130,8 +133,12 @@ def label_problem(h, cfg):
     evidence = {"problem": problem, "target_min": lo, "target_max": hi, "output_classes": c, "loss": kind or "unknown"}
     if frac.size and float(np.max(frac)) > 0:
         evidence["non_integer_share"] = float(np.max(frac))
+    same = problem == "every target has the same value"
+    # data sorted by label shows one value for a long while too: a warning, which clears (is
+    # resolved) once another value arrives, where a wrong label range is critical at once
     return Detection("label_problem", int(t[0]), evidence,
-        message=problem[0].upper() + problem[1:] + ".")
+        message=problem[0].upper() + problem[1:] + "." + (" (Or data sorted by label.)" if same else ""),
+        severity="warning" if same else None)
 
 
 @rule("double_softmax")

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..findings import Detection
 from . import rule
-from .curves import is_converged, learning_well, loss_trend
+from .curves import chance_level_loss, is_converged, learning_well, loss_trend
 from .gradients import _weight_columns
 from .stats import theil_sen, thirds
 
@@ -143,6 +143,9 @@ def _too_high_symptoms(h, cfg) -> list[str]:
     return out
 
 
+CHANCE_FACTOR = 10.0
+
+
 @rule("learning_rate_too_low")
 def learning_rate_too_low(h, cfg):
     """Trained weights that move by less than ``update_ratio_low`` (1e-5) of their size per
@@ -157,14 +160,17 @@ def learning_rate_too_low(h, cfg):
     r, t = _update_ratio(h, live_only=True)
     if r is None:
         return None
+    # at chance level nothing has been learned: updates 10x under the healthy ~1e-3 then
+    # are a likely reason (elsewhere only 100x under it is)
+    low_ratio = cfg.update_ratio_low * (CHANCE_FACTOR if chance_level_loss(h, cfg) is not None else 1)
     med = float(np.median(r[-10:]))
-    if not med < cfg.update_ratio_low:
+    if not med < low_ratio:
         return None
-    low = r < cfg.update_ratio_low
+    low = r < low_ratio
     # onset: the start of the current run of low ratios
     k = int(np.flatnonzero(~low)[-1]) + 1 if (~low).any() else 0
     return Detection("learning_rate_too_low", int(t[min(k, len(t) - 1)]), {
-        "update_to_weight_ratio": med, "threshold": cfg.update_ratio_low, "healthy_around": 1e-3,
+        "update_to_weight_ratio": med, "threshold": low_ratio, "healthy_around": 1e-3,
         "lr": _lr(h), "loss_change_over_window": st[3]})
 
 
