@@ -132,8 +132,10 @@ class History:
         self._initial.append(rec.loss)
         b = rec.batch_size if math.isfinite(rec.batch_size) and rec.batch_size > 0 else INITIAL_SAMPLES
         self._initial_samples += b
+        # the lower median (of two losses the smaller: one blown-up step is no reference either),
         # never below the first step's: a loss that falls fast from step 0 starts at its first value
-        self.initial_loss = max(self._initial[0], float(np.median(self._initial)))
+        low_median = sorted(self._initial)[(len(self._initial) - 1) // 2]
+        self.initial_loss = max(self._initial[0], float(low_median))
         self._initial_done = self._initial_samples >= INITIAL_SAMPLES or len(self._initial) >= INITIAL_STEPS
 
     def set_facts(self, facts: Facts) -> None:

@@ -134,6 +134,11 @@ class Facts:
     * ``dropout_rates``: (layer, drop probability) of every dropout layer active in training.
     * ``steps_per_epoch``: training steps in one epoch when the framework knows it (Keras and
       Paddle ``fit``, trainers); 0 when unknown.
+    * ``loss_broadcast``: "" or how an element-wise loss broadcast its input against its target
+      ("(32,) against (32, 1) -> (32, 32)": every prediction compared with every target).
+    * ``unregistered``: shapes of tensors that need a gradient and that the model's forward
+      uses, but that are not its parameters and that its optimizer does not hold (a layer kept
+      in a plain Python list): nothing ever trains them. Known once the optimizer is.
 
     Example::
 
@@ -153,6 +158,8 @@ class Facts:
     in_optimizer: tuple[bool, ...] | None = None
     dropout_rates: tuple[tuple[str, float], ...] = ()
     steps_per_epoch: int = 0
+    unregistered: tuple[str, ...] = ()
+    loss_broadcast: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -163,6 +170,7 @@ class Facts:
             "loss_input_activation": self.loss_input_activation,
             "in_optimizer": None if self.in_optimizer is None else list(self.in_optimizer),
             "dropout_rates": [list(d) for d in self.dropout_rates], "steps_per_epoch": self.steps_per_epoch,
+            "unregistered": list(self.unregistered), "loss_broadcast": self.loss_broadcast,
         }
 
 

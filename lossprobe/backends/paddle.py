@@ -47,7 +47,7 @@ from paddle import nn
 
 from .base import claim
 from ..capture.eager import EagerCapture, Step
-from ..capture.facts import FactSheet, output_activation
+from ..capture.facts import FactSheet, broadcast_note, output_activation
 from ..capture.ops import first_tensor, ops_for
 from ..record import Layout
 
@@ -488,8 +488,18 @@ class PaddleBackend(EagerCapture):
         return hook
 
     def _loss_layer_hook(self, layer, inputs, output):
+        if not self.facts.knows("loss_broadcast") and len(inputs) >= 2 and self._training():
+            self._safe("facts", self._check_broadcast, layer, inputs)
         self._safe("loss", self._capture_loss, inputs, output, layer)
         return None
+
+    def _check_broadcast(self, layer, inputs) -> None:
+        """An element-wise loss whose input and target broadcast (:func:`broadcast_note`)."""
+        x, y = inputs[0], inputs[1]
+        if isinstance(x, paddle.Tensor) and isinstance(y, paddle.Tensor):
+            note = broadcast_note(_loss_facts(layer)["loss_kind"], x.shape, y.shape)
+            if note:
+                self.facts.learn(loss_broadcast=note)
 
     # -- losses ----------------------------------------------------------------------
     def _capture_loss(self, inputs, output, layer: Any = None) -> None:

@@ -37,7 +37,7 @@ from torch.amp.grad_scaler import GradScaler
 
 from .base import claim
 from ..capture.eager import EagerCapture, Step
-from ..capture.facts import FactSheet, output_activation
+from ..capture.facts import FactSheet, broadcast_note, output_activation
 from ..capture.ops import first_tensor, ops_for
 from ..record import Flush, Layout
 
@@ -50,6 +50,20 @@ _LOSS_KINDS: list[tuple[type, str]] = [
     (nn.BCELoss, "bce"), (nn.MSELoss, "mse"), (nn.L1Loss, "mse"), (nn.SmoothL1Loss, "mse"), (nn.HuberLoss, "mse"),
 ]
 _FROM_LOGITS = {"cross_entropy": True, "bce_logits": True, "nll": False, "bce": False}
+# The graph walk that looks for unregistered tensors stops after this many autograd nodes.
+FOREIGN_WALK_NODES = 20_000
+
+
+def _tensors_in(obj, depth: int = 0) -> list:
+    """The tensors in a forward's arguments (lists, tuples and dicts, a few levels deep)."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if depth > 3:
+        return []
+    items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
+    return [t for x in items for t in _tensors_in(x, depth + 1)]
+
+
 _ATTACHED: "weakref.WeakKeyDictionary[nn.Module, Any]" = weakref.WeakKeyDictionary()
 
 
@@ -227,6 +241,7 @@ class TorchBackend(EagerCapture):
         # parameters a device op can read (FSDP2 shards are DTensors: unmeasured here)
         super()._init_capture(layout, config, params, weight_idx, facts,
                               readable=[i for i, p in enumerate(params) if _readable(p)])
+        self._foreign: list | None = None     # weakrefs: trainable tensors the forward uses that are not params
         self._last_out = None                 # weakref to the model's latest output (tells our loss from another model's)
         if optimizer is not None:
             self._bind_optimizer(optimizer)
@@ -267,6 +282,7 @@ class TorchBackend(EagerCapture):
         self.optimizer = opt
         ids = {id(p) for g in opt.param_groups for p in g["params"]}
         self.facts.learn(in_optimizer=tuple(id(p) in ids for p in self.params))
+        self._note_unregistered()
 
     def _ours(self, opt) -> bool:
         """Is ``opt`` this model's optimizer (bound now if it holds our parameters)?"""
@@ -320,7 +336,44 @@ class TorchBackend(EagerCapture):
             self._safe("inputs", self._record_inputs, cur, (args, kwargs))
         if self.dist is not None:
             self._safe("distributed", self.dist.on_forward, args, kwargs)
+        if self._foreign is None and out is not None and out.grad_fn is not None:
+            self._safe("facts", self._find_foreign, args, kwargs, out)
         self._model_output(cur, output, out)
+
+    def _find_foreign(self, args, kwargs, out) -> None:
+        """Once, on the first training forward: the leaf tensors that need a gradient and that
+        the forward reaches (walking the output's graph back to the model's inputs) but that
+        are not the model's parameters -- layers kept in a plain list or dict, tensors made with
+        ``requires_grad=True`` in ``__init__``. ``model.parameters()`` misses them, and so does
+        an optimizer built from it (told in :meth:`_note_unregistered`)."""
+        self._foreign = []
+        if self.compiled or any(type(p).__name__ == "DTensor" for p in self.params):
+            return  # compiled graphs and sharded parameters are not walked
+        inputs = [t for t in _tensors_in((args, kwargs))]
+        stop = {id(t.grad_fn) for t in inputs if t.grad_fn is not None}
+        own = set(self._param_ids) | {id(t) for t in inputs}
+        seen, todo, found = set(), [out.grad_fn], {}
+        while todo and len(seen) < FOREIGN_WALK_NODES:
+            node = todo.pop()
+            if node is None or id(node) in seen or id(node) in stop:
+                continue
+            seen.add(id(node))
+            var = getattr(node, "variable", None)
+            if var is not None:   # AccumulateGrad: a leaf that gets a gradient
+                if id(var) not in own:
+                    found[id(var)] = var
+                continue
+            todo.extend(n for n, _ in node.next_functions)
+        self._foreign = [weakref.ref(v) for v in found.values()]
+        self._note_unregistered()
+
+    def _note_unregistered(self) -> None:
+        """Foreign tensors that the bound optimizer does not hold: never trained."""
+        if not self._foreign or self.optimizer is None:
+            return
+        held = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+        left = [v for v in (r() for r in self._foreign) if v is not None and id(v) not in held]
+        self.facts.learn(unregistered=tuple(str(tuple(v.shape)) for v in left[:20]))
 
     def _act_post(self, j: int, output) -> None:
         cur = self._cur
@@ -330,6 +383,8 @@ class TorchBackend(EagerCapture):
 
     # -- losses ----------------------------------------------------------------------
     def _loss_module(self, module, args, output) -> None:
+        if not self.facts.knows("loss_broadcast") and len(args) >= 2 and self._training():
+            self._safe("facts", self._check_broadcast, module, args)
         if not isinstance(output, torch.Tensor) or output.numel() != 1:
             return
         ours = len(_ATTACHED) == 1 or self._is_our_output(args[0] if args else None)
@@ -347,6 +402,14 @@ class TorchBackend(EagerCapture):
             if kind in ("cross_entropy", "nll") and received.dim() >= 2:
                 facts["n_classes"] = int(received.shape[1])   # torch's class dimension: (N, C, ...)
         self._loss_output(self._current(), output, facts, args[1] if len(args) >= 2 else None)
+
+    def _check_broadcast(self, module, args) -> None:
+        """An element-wise loss whose input and target broadcast (:func:`broadcast_note`)."""
+        x, y = args[0], args[1]
+        if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and self._is_our_output(x):
+            note = broadcast_note(_kind_of(module, _LOSS_KINDS) or "", x.shape, y.shape)
+            if note:
+                self.facts.learn(loss_broadcast=note)
 
     def _is_our_output(self, t) -> bool:
         """Is ``t`` this model's last output, or a view of it (``out.view(-1)``, ``out[:, 0]``)?"""

@@ -8,6 +8,8 @@ Example::
 """
 from __future__ import annotations
 
+import math
+
 import dataclasses
 
 from ..record import Facts
@@ -135,3 +137,26 @@ def loss_from_graph(node, inputs, depth: int = 6) -> dict:
         if op in _REDUCTIONS:
             todo.extend((n, d + 1) for n in inputs(node))
     return {}
+
+
+ELEMENTWISE_KINDS = ("mse", "bce", "bce_logits")
+
+
+def broadcast_note(kind: str, input_shape, target_shape) -> str:
+    """How an element-wise loss broadcast its input against its target, or "" when it did not:
+    ``(32,)`` against ``(32, 1)`` gives ``(32, 32)``, every prediction compared with every
+    target of the batch (both frameworks broadcast here; torch only warns).
+
+        broadcast_note("mse", (32,), (32, 1))   # "(32,) against (32, 1) -> (32, 32)"
+        broadcast_note("mse", (32, 1), (32, 1)) # ""
+    """
+    a, b = tuple(int(d) for d in input_shape), tuple(int(d) for d in target_shape)
+    if kind not in ELEMENTWISE_KINDS or a == b:
+        return ""
+    n = max(len(a), len(b))
+    pa, pb = (1,) * (n - len(a)) + a, (1,) * (n - len(b)) + b
+    if any(x != y and 1 not in (x, y) for x, y in zip(pa, pb)):
+        return ""   # not broadcastable: the framework raises, nothing to tell
+    both = tuple(max(x, y) for x, y in zip(pa, pb))
+    size = lambda s: math.prod(s) if s else 1
+    return f"{a} against {b} -> {both}" if size(both) > max(size(a), size(b)) else ""

@@ -207,7 +207,9 @@ def flat_stretch(h, cfg) -> Flat | None:
 
     This is a test *that* the loss is flat, not a failed test that it falls: a noisy curve
     must show enough steps before it counts as flat, and a slow, steady fall (3% a window
-    under 8% batch noise) never does. Stretches of 1 to 4 curve windows are tried, ending now.
+    under 8% batch noise) never does. Stretches of 2 to 4 curve windows are tried, ending now:
+    one window of a noisy curve that was falling before it is often just a pause (a regression
+    at batch 32 that still halves its loss over the next epochs shows such windows).
     """
     loss, seen, steps = h.series("loss"), h.series("loss_seen") > 0, h.steps()
     ok = seen & np.isfinite(loss)
@@ -215,7 +217,7 @@ def flat_stretch(h, cfg) -> Flat | None:
     w = cfg.curve_window
     limit = 2.5 * cfg.plateau_rel_drop
     best = None
-    for k in (1, 2, 3, 4):
+    for k in (2, 3, 4):
         if y_all.size < k * w:
             break
         y, t = y_all[-k * w:], t_all[-k * w:]
@@ -267,6 +269,11 @@ def is_converged(tr: Trend, h, cfg) -> bool:
     return False
 
 
+# An unrecognised loss that starts within this share of ln(C) is taken for a C-class
+# cross-entropy (fresh models start at ln(C) give or take the spread of their first logits).
+UNKNOWN_LOSS_START = 0.25
+
+
 def chance_classes(h) -> int:
     return int(h.facts.n_classes) if h.facts.n_classes and h.facts.n_classes >= 2 else 0
 
@@ -284,9 +291,13 @@ def chance_level_loss(h, cfg):
     elif kind in ("cross_entropy", "nll"):
         candidates = [chance_classes(h) or 2]
     elif kind == "":
-        # a loss not recognised (a CRF, a hand-written one): the output width says nothing of
-        # what the loss averages over, so only the unmistakable 0.6931 of a binary guess
-        candidates = [2]
+        # a loss not recognised (a user's loss call, a CRF, a hand-written one): the output
+        # width is its class count only if the loss started at ln(C), as a C-class cross-entropy
+        # of a fresh model does (a CRF's sequence NLL starts at many times that); else only
+        # the unmistakable 0.6931 of a binary guess
+        c = chance_classes(h)
+        started_there = c and abs(h.initial_loss - math.log(c)) <= UNKNOWN_LOSS_START * math.log(c)
+        candidates = [c] if started_there else [2]
     else:
         return None  # a regression loss has no chance level
     for k in candidates:

@@ -108,6 +108,12 @@ def _targets_seen(h) -> float:
 def label_problem(h, cfg):
     if h.n_steps < 3:
         return None
+    if h.facts.loss_broadcast:   # known from the shapes the loss received, whatever the targets hold
+        return Detection("label_problem", int(h.first_step or 0), {
+            "problem": "loss input and targets of different shapes", "broadcast": h.facts.loss_broadcast,
+            "loss": h.facts.loss_name or h.facts.loss_kind},
+            message=f"The loss broadcast its input against the targets ({h.facts.loss_broadcast}): every "
+                    "prediction is compared with every target of the batch. Make the shapes equal.")
     tmin, t = _recent(h, "target_min")
     tmax, _ = _recent(h, "target_max")
     if tmin.size < 2:

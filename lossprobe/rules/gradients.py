@@ -91,6 +91,12 @@ def frozen_parameters(h, cfg):
     stuck = never_moves & has_grad
     frozen = no_grad | not_in_opt | stuck
     if not frozen.any():
+        if h.facts.unregistered:   # nothing of the model's own is frozen; what it uses unregistered is
+            return Detection("frozen_parameters", int(h.first_step or 0), {
+                "unregistered_tensors": list(h.facts.unregistered), "n_frozen": len(h.facts.unregistered)},
+                message=f"{len(h.facts.unregistered)} tensor(s) the forward uses are not registered in the "
+                        "model (a layer kept in a Python list instead of nn.ModuleList?): the optimizer "
+                        "does not hold them, so they never train.")
         return None
     idx = np.flatnonzero(frozen)
     return Detection("frozen_parameters", int(h.first_step or 0), {

@@ -205,3 +205,64 @@ def regression_raw_price_targets(seed, fixed: bool = False):
         opt.zero_grad(); loss.backward(); opt.step()
     probe.detach()
     return probe
+
+
+# ======================================================================================
+# label_problem: shapes that broadcast in the loss
+# ======================================================================================
+@fault("label_problem", onset=0, model="regression", fast=True, allow=("loss_plateau",),
+       planted="predictions squeezed to (B,) against targets of shape (B, 1): MSELoss broadcasts them "
+               "to (B, B), comparing every prediction with every target (torch only warns)",
+       fix="predictions and targets of the same shape (no squeeze)")
+def regression_squeezed_predictions(seed, fixed: bool = False):
+    torch.manual_seed(seed)
+    X, y = wave_regression(2048, seed)          # y: (n, 1)
+    model = mlp([4, 32, 32, 1])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    loss_fn = nn.MSELoss()
+    probe = attach(model)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)   # torch's broadcast warning: easy to miss in a log
+        for step, (x, t) in zip(range(150), batches(X, y, 64, seed)):
+            pred = model(x) if fixed else model(x).squeeze()
+            loss = loss_fn(pred, t)
+            opt.zero_grad(); loss.backward(); opt.step()
+    probe.detach()
+    return probe
+
+
+# ======================================================================================
+# frozen_parameters: layers the module does not register
+# ======================================================================================
+class _ListMLP(nn.Module):
+    """Hidden layers kept in a plain Python list: model.parameters() sees only the head."""
+
+    def __init__(self, registered: bool):
+        super().__init__()
+        hidden = [nn.Linear(64, 64), nn.Linear(64, 64)]
+        self.hidden = nn.ModuleList(hidden) if registered else hidden
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x):
+        for layer in self.hidden:
+            x = torch.relu(layer(x))
+        return self.head(x)
+
+
+@fault("frozen_parameters", onset=0, model="mlp", fast=True, allow=("loss_plateau",),
+       planted="hidden layers kept in a Python list instead of nn.ModuleList: the optimizer, built from "
+               "model.parameters(), never sees them and they keep their random weights",
+       fix="nn.ModuleList")
+def mlp_layers_in_python_list(seed, fixed: bool = False):
+    torch.manual_seed(seed)
+    Xtr, Ytr, _, _ = digits()
+    model = _ListMLP(registered=fixed)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    probe = attach(model)
+    for step, (x, y) in zip(range(150), batches(Xtr, Ytr, 64, seed)):
+        loss = loss_fn(model(x), y)
+        opt.zero_grad(); loss.backward(); opt.step()
+    probe.detach()
+    return probe
