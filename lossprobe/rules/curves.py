@@ -207,9 +207,10 @@ def flat_stretch(h, cfg) -> Flat | None:
 
     This is a test *that* the loss is flat, not a failed test that it falls: a noisy curve
     must show enough steps before it counts as flat, and a slow, steady fall (3% a window
-    under 8% batch noise) never does. Stretches of 2 to 4 curve windows are tried, ending now:
-    one window of a noisy curve that was falling before it is often just a pause (a regression
-    at batch 32 that still halves its loss over the next epochs shows such windows).
+    under 8% batch noise) never does. Stretches of 2 to 4 curve windows are tried, ending now
+    (a run shorter than two windows is tried whole, from one window on): one window of a noisy
+    curve that was falling before it is often just a pause (a regression at batch 32 that still
+    halves its loss over the next epochs shows such windows).
     """
     loss, seen, steps = h.series("loss"), h.series("loss_seen") > 0, h.steps()
     ok = seen & np.isfinite(loss)
@@ -217,10 +218,11 @@ def flat_stretch(h, cfg) -> Flat | None:
     w = cfg.curve_window
     limit = 2.5 * cfg.plateau_rel_drop
     best = None
-    for k in (2, 3, 4):
-        if y_all.size < k * w:
-            break
-        y, t = y_all[-k * w:], t_all[-k * w:]
+    n = y_all.size
+    if n < w:
+        return None
+    for span in sorted({min(2 * w, n)} | {k * w for k in (3, 4) if k * w <= n}):
+        y, t = y_all[-span:], t_all[-span:]
         level = float(np.median(y))
         if level <= 0:
             return None
