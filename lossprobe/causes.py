@@ -250,9 +250,14 @@ LINKS: list[Link] = [
         "loss_oscillation": "each step jumps across the valley and back",
         "loss_spike": "one oversized step throws the weights into a region of high loss",
         "softmax_overflow": "the weights, and the logits with them, grow until softmax overflows",
-        # no direct link to nan_loss / nonfinite_gradients: a learning rate makes NaN by growing
-        # the weights, which shows first as exploding gradients, a climbing loss or overflowing
-        # logits; a NaN out of a calm run points at a log, sqrt or division at zero instead
+        # a learning rate makes NaN by growing the weights, which mostly shows first as exploding
+        # gradients, a climbing loss or overflowing logits; a NaN out of a calm run points at a
+        # log, sqrt or division at zero instead. Only steps that change the weights by their own
+        # size or more (ONLY_WHEN) overflow before anything else can be measured.
+        "nan_loss": "steps as large as the weights themselves blow them up within a few updates, "
+                    "and the loss overflows",
+        "nonfinite_gradients": "steps as large as the weights themselves blow them up within a few "
+                               "updates, and the gradients overflow",
         "dead_relu": "a large step pushes weights and biases so far that units are negative for every "
                      "input, and a dead unit gets no gradient to come back",
         "saturated_activations": "large steps grow the weights until sigmoid/tanh sit in their flat tails",
@@ -401,7 +406,16 @@ def _inputs_tiny(ev: dict[str, Any]) -> bool:
     return mean is None or std is None or abs(mean) + std < 1.0
 
 
+def _steps_as_large_as_the_weights(ev: dict[str, Any]) -> bool:
+    """An update of at least the weights' own size per step (ratio or norm change >= 1); a
+    finding that does not say is not taken for one."""
+    size = ev.get("update_to_weight_ratio", ev.get("weight_norm_change_per_step"))
+    return size is not None and size >= 1.0
+
+
 ONLY_WHEN: dict[tuple[str, str], Callable[[dict[str, Any]], bool]] = {
+    ("learning_rate_too_high", "nan_loss"): _steps_as_large_as_the_weights,
+    ("learning_rate_too_high", "nonfinite_gradients"): _steps_as_large_as_the_weights,
     ("unnormalized_inputs", "learning_rate_too_low"): _inputs_tiny,
     ("output_activation_mismatch", "nan_loss"): _head_not_probabilities,
     ("output_activation_mismatch", "softmax_overflow"): _loss_unbounded,
@@ -411,6 +425,15 @@ ONLY_WHEN: dict[tuple[str, str], Callable[[dict[str, Any]], bool]] = {
 """Links that hold only for some forms of the cause, told by its finding's evidence (the output
 mismatch has several forms; only some can produce NaN, runaway logits or zero gradients).
 Evidence that does not say (a finding built without it) keeps the link."""
+
+
+WITHIN_STEPS: dict[tuple[str, str], int] = {
+    ("learning_rate_too_high", "nan_loss"): 20,
+    ("learning_rate_too_high", "nonfinite_gradients"): 20,
+}
+"""Links that act at once or not at all: the effect must begin within this many steps of the
+cause (a blow-up from oversized steps comes within a few updates; a NaN after a long calm run
+is a log, sqrt or division at zero reached at last)."""
 
 
 def link_holds(cause: str, effect: str, evidence: dict[str, Any]) -> bool:

@@ -43,12 +43,13 @@ Example::
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from .catalog import CATALOG, SEVERITY_RANK
-from .causes import CAN_CAUSE, CONFIRM, READINGS, SETUP, THROUGH_UPDATES, layer, link_holds
+from .causes import CAN_CAUSE, CONFIRM, READINGS, SETUP, THROUGH_UPDATES, WITHIN_STEPS, layer, link_holds
 from .config import Config
 from .findings import Finding
 
@@ -149,6 +150,8 @@ def _explains(a: Finding, b: Finding) -> bool:
         return False  # there before the first update
     if a.resolved and b.step > a.last_step + SAME_TIME:
         return False  # began after the cause had cleared
+    if b.step - a.step > WITHIN_STEPS.get((a.code, b.code), math.inf):
+        return False  # a link that acts at once: too long after the cause began
     if a.code in SETUP or b.code in SETUP or (a.code, b.code) in READINGS:
         return True   # a set-up fault holds from the start; readings of one curve stretch go together
     return _began_before(b, a) is not True
