@@ -80,6 +80,9 @@ class Verdict:
         new: list[Finding] = []
         fired = set()
         for det in resolve_conflicts(dets):
+            f = self._findings.get(det.code)
+            if f is not None and f.severity == "warning" and det.severity == "info":
+                continue  # a warning whose rule now finds only advice has cleared (and may resolve)
             fired.add(det.code)
             if det.code in self._findings:
                 self._findings[det.code].update(det, seen_through)

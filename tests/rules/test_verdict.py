@@ -43,3 +43,16 @@ def test_advice_is_healthy_until_the_run_confirms_it():
     assert v.health == "healthy" and v.findings()[0].severity == "info"
     v.apply([det("learning_rate_too_high", 0)], seen_through=40)   # now with symptoms: the catalog's warning
     assert v.health == "warning" and v.findings()[0].severity == "warning"
+
+
+def test_a_warning_whose_rule_now_finds_only_advice_resolves():
+    # confirmed by a symptom early on, then the symptom went away: the rule still measures the
+    # fast updates, as advice; the warning clears like any other
+    v = Verdict(resolve_steps=60)
+    v.apply([det("learning_rate_too_high", 0)], seen_through=20)
+    assert v.health == "warning"
+    v.apply([det("learning_rate_too_high", 0, severity="info")], seen_through=60)
+    assert v.health == "warning"
+    v.apply([det("learning_rate_too_high", 0, severity="info")], seen_through=100)
+    f = v.findings()[0]
+    assert f.resolved and v.health == "healthy" and f.severity == "warning"
