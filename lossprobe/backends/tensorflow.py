@@ -93,9 +93,30 @@ def _keras_activation(fn: Any) -> str:
     return str(name).lower() if name else ""
 
 
-def _output_activation(fn: Any) -> str:
-    """Facts.output_activation of a layer whose activation is ``fn`` (a layer without one is linear)."""
-    return _OUTPUT_ACTIVATIONS.get(_keras_activation(fn), "") if fn is not None else "linear"
+def _output_activation(layer: Any) -> str:
+    """Facts.output_activation of the layer that makes the output: its ``activation``'s name;
+    '' (unknown) for a layer that has none, whose values no name tells (a custom layer, a Lambda)."""
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax"
+    fn = getattr(layer, "activation", None)
+    return _OUTPUT_ACTIVATIONS.get(_keras_activation(fn), "") if fn is not None else ""
+
+
+# Layers that move values without changing them: the output's activation is the one before them.
+_VALUE_KEEPING = (keras.layers.Reshape, keras.layers.Flatten, keras.layers.Permute, keras.layers.Dropout,
+                  keras.layers.Identity)
+
+
+def _value_source(layer: Any) -> Any:
+    """The layer whose values ``layer`` passes on unchanged (itself unless it only reshapes)."""
+    for _ in range(8):
+        if not isinstance(layer, _VALUE_KEEPING):
+            break
+        try:
+            layer = layer.input._keras_history[0]
+        except Exception:
+            break
+    return layer
 
 
 def _layer_kind(layer: Any) -> str | None:
@@ -301,8 +322,8 @@ class KerasBackend(CaptureGuard):
                 outs.append(self.model.layers[-1])
         if not outs:
             return
-        layer = outs[0]
-        act = "softmax" if isinstance(layer, keras.layers.Softmax) else _output_activation(getattr(layer, "activation", None))
+        layer = _value_source(outs[0])
+        act = _output_activation(layer)
         index = next((j for j, l in enumerate(self._act_layers) if l is layer), -1)
         self.facts.learn(output_layer=self._layer_name(layer), output_activation=act, output_activation_index=index)
 
