@@ -90,13 +90,31 @@ def _summary(probe) -> dict:
     }
 
 
+def _tap(probe) -> None:
+    """Keep every StepRecord and validation point the probe's history receives: the history
+    itself keeps only its window (1024 steps by default), the recording the whole run."""
+    h = probe.history
+    probe._tapped = ([], [])
+    append, add_val = h.append, h.add_val
+
+    def tap_append(rec):
+        probe._tapped[0].append(rec)
+        append(rec)
+
+    def tap_val(step, val_loss):
+        probe._tapped[1].append((int(step), float(val_loss)))
+        add_val(step, val_loss)
+    h.append, h.add_val = tap_append, tap_val
+
+
 def _record(probes, program: Path, path: Path) -> None:
     """Pickle the probes' records (see benchmarks/replay.py); names are <case>/<program>[#k]."""
     import pickle
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from replay import recording_of
     name = f"{program.parent.name}/{program.stem}"
-    recs = [recording_of(p, name + (f"#{k}" if k else "")) for k, p in enumerate(probes)]
+    recs = [recording_of(p, name + (f"#{k}" if k else ""), taps=getattr(p, "_tapped", None))
+            for k, p in enumerate(probes)]
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as fh:
         pickle.dump(recs, fh)
@@ -118,9 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     original = lossprobe.attach
 
     def attach(model, **kwargs):
-        if args.record and kwargs.get("config") is None:  # a recording holds the whole run
-            kwargs["config"] = lossprobe.Config(window=1 << 16)
-        probe = original(model, **kwargs)
+        probe = original(model, **kwargs)   # the program's own config: a recording changes nothing
+        if args.record:
+            _tap(probe)
         probes.append(probe)
         return probe
     lossprobe.attach = attach
