@@ -184,12 +184,19 @@ def long_falling(h, cfg) -> bool:
 
 
 def learning_well(h, cfg) -> bool:
-    """The loss has come down to at most half of its reference (the initial loss, or ln(C))
-    and is not climbing: whatever a layer statistic says, the network still learns. Rules
-    about a layer's health report as advice (info) then."""
+    """The loss has come down to at most half of where it started -- for a classifier, half of
+    the lower of that and ln(C): a start inflated by huge logits or heavy dropout is no
+    reference, and a loss at chance has learned nothing -- and is not climbing: whatever a
+    layer statistic says, the network still learns. Rules about a layer's health, the inputs'
+    scale and dropout report as advice (info) then."""
     tr = loss_trend(h, cfg)
-    return (tr is not None and tr.initial > 0 and tr.level <= 0.5 * tr.initial
-            and tr.level - tr.start < cfg.divergence_rise * tr.initial)
+    if tr is None or not tr.initial > 0:
+        return False
+    ref = tr.initial
+    c = 2 if h.facts.loss_kind in ("bce", "bce_logits") else chance_classes(h)
+    if c >= 2 and h.facts.loss_kind in ("cross_entropy", "nll", "bce", "bce_logits"):
+        ref = min(ref, math.log(c))
+    return tr.level <= 0.5 * ref and tr.level - tr.start < cfg.divergence_rise * tr.initial
 
 
 @dataclass

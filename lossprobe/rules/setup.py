@@ -102,9 +102,9 @@ def excessive_dropout(h, cfg):
     if not rates:
         return None
     tr = loss_trend(h, cfg)
-    from .curves import _reference_loss
+    from .curves import _reference_loss, learning_well
     ref = _reference_loss(h)
-    if tr is None or not math.isfinite(ref) or ref <= 0 or tr.level < 0.5 * ref:
+    if tr is None or not math.isfinite(ref) or ref <= 0 or learning_well(h, cfg):
         return None
     name, p = max(rates, key=lambda r: r[1])
     return Detection("excessive_dropout", int(h.first_step or 0), {

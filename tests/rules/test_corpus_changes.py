@@ -121,3 +121,13 @@ def test_one_flat_window_after_a_steady_fall_is_no_plateau():
     assert run_rule("loss_plateau", h) is None       # one window flat: a pause, for all it shows
     h2 = synth(6 * w, loss=noisy(fall, 0.05))
     assert run_rule("loss_plateau", h2) is not None
+
+
+@pytest.mark.parametrize("level, well", [(0.9, True), (LN10, False)])
+def test_learning_well_is_judged_against_chance_for_a_classifier(level, well):
+    # a start inflated by huge logits (40 for a 10-class classifier): a loss at ln(10) is far
+    # below it and has still learned nothing
+    from lossprobe.rules.curves import learning_well
+    h = synth(200, loss=noisy(lambda t: 40.0 if t < 3 else level, 0.01),
+              facts=dict(n_classes=10, loss_kind="cross_entropy"))
+    assert learning_well(h, Config()) is well
