@@ -68,13 +68,26 @@ def nonfinite_inputs(h, cfg):
         "nonfinite_values": float(x[i]), "batches_affected": int(bad.sum())})
 
 
+def _longest_run(flags: np.ndarray) -> int:
+    """The longest run of consecutive True values."""
+    best = cur = 0
+    for f in flags:
+        cur = cur + 1 if f else 0
+        best = max(best, cur)
+    return best
+
+
 @rule("softmax_overflow")
 def softmax_overflow(h, cfg):
+    if h.facts.loss_kind == "mse":
+        return None  # a regression has no softmax: a squared error passing through 87.3 is no pin
     loss, seen, steps = h.series("loss"), h.series("loss_seen") > 0, h.steps()
     target = cfg.overflow_loss
     pinned = seen & (np.abs(loss - target) <= cfg.overflow_tolerance)
-    # pinned on at least 3 recent measured steps: a loss that sits at -ln(FLT_MIN)
-    if pinned.sum() >= 3:
+    # pinned on at least 3 measured steps in a row: a loss that sits at -ln(FLT_MIN), not one
+    # that passes through it
+    run = _longest_run(pinned[seen])
+    if run >= 3:
         i = int(np.argmax(pinned))
         return Detection("softmax_overflow", int(steps[i]), {
             "loss": float(loss[i]), "expected_pin": round(target, 4), "pinned_steps": int(pinned.sum())})

@@ -116,12 +116,18 @@ def test_softmax_overflow_from_logits_past_the_fp32_exp_limit(logit, sat, fires)
         assert det.evidence["max_abs_logit"] >= FP32_EXP_LIMIT and det.evidence["overflow_steps"] >= 3
 
 
-@pytest.mark.xfail(strict=True, reason="the pinned-loss branch ignores the loss kind and counts any 3 steps in "
-                                       "the window: a regression loss falling slowly through 87.3 reads as pinned")
 def test_softmax_overflow_silent_on_a_regression_loss_passing_through_the_pin():
     # a squared error in raw units, 100 -> 80 over 1000 steps: healthy, and no softmax anywhere
     h = synth(1000, loss=lambda t: 100 - 20 * t / 1000, facts=dict(loss_kind="mse"))
     assert run_rule("softmax_overflow", h) is None
+
+
+def test_softmax_overflow_needs_the_loss_to_sit_at_the_pin_not_pass_it():
+    # an unrecognised loss falling through 87.3 (three steps near it, never in a row) vs one that stays
+    target = Config().overflow_loss
+    passing = [target + 0.04, target + 1.0, target - 0.04, target - 1.0, target + 0.01] + [target - 2.0] * 40
+    assert run_rule("softmax_overflow", synth(45, loss=passing)) is None
+    assert run_rule("softmax_overflow", synth(45, loss=[target - 2.0] * 40 + [target] * 5)) is not None
 
 
 # -- bad_initialization -----------------------------------------------------------------------
