@@ -228,6 +228,7 @@ class PaddleBackend(EagerCapture):
         self._handles: list[Any] = []
         self._producer_hooks: list[Any] = []
         self._linked: Any = None       # the paddle.Model whose train_batch is wrapped
+        self._shapes_checked: "weakref.WeakSet[Any]" = weakref.WeakSet()   # loss layers looked at
         self._hooked_loss: Any = None  # the loss callable whose calls are captured
         self._opt_depth = 0
         self._opt_wrapped: Any = None  # optimizer whose step/minimize is wrapped: exact grads read there
@@ -488,15 +489,17 @@ class PaddleBackend(EagerCapture):
         return hook
 
     def _loss_layer_hook(self, layer, inputs, output):
-        if not self.facts.knows("loss_broadcast") and len(inputs) >= 2 and self._training():
+        if layer not in self._shapes_checked and len(inputs) >= 2 and self._training():
             self._safe("facts", self._check_broadcast, layer, inputs)
         self._safe("loss", self._capture_loss, inputs, output, layer)
         return None
 
     def _check_broadcast(self, layer, inputs) -> None:
-        """An element-wise loss whose input and target broadcast (:func:`broadcast_note`)."""
+        """An element-wise loss whose input and target broadcast (:func:`broadcast_note`): looked
+        at once per loss layer."""
         x, y = inputs[0], inputs[1]
         if isinstance(x, paddle.Tensor) and isinstance(y, paddle.Tensor):
+            self._shapes_checked.add(layer)
             note = broadcast_note(_loss_facts(layer)["loss_kind"], x.shape, y.shape)
             if note:
                 self.facts.learn(loss_broadcast=note)

@@ -241,6 +241,7 @@ class TorchBackend(EagerCapture):
         # parameters a device op can read (FSDP2 shards are DTensors: unmeasured here)
         super()._init_capture(layout, config, params, weight_idx, facts,
                               readable=[i for i, p in enumerate(params) if _readable(p)])
+        self._shapes_checked: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()   # loss modules looked at
         self._foreign: list | None = None     # weakrefs: trainable tensors the forward uses that are not params
         self._last_out = None                 # weakref to the model's latest output (tells our loss from another model's)
         if optimizer is not None:
@@ -383,7 +384,7 @@ class TorchBackend(EagerCapture):
 
     # -- losses ----------------------------------------------------------------------
     def _loss_module(self, module, args, output) -> None:
-        if not self.facts.knows("loss_broadcast") and len(args) >= 2 and self._training():
+        if module not in self._shapes_checked and len(args) >= 2 and self._training():
             self._safe("facts", self._check_broadcast, module, args)
         if not isinstance(output, torch.Tensor) or output.numel() != 1:
             return
@@ -404,9 +405,11 @@ class TorchBackend(EagerCapture):
         self._loss_output(self._current(), output, facts, args[1] if len(args) >= 2 else None)
 
     def _check_broadcast(self, module, args) -> None:
-        """An element-wise loss whose input and target broadcast (:func:`broadcast_note`)."""
+        """An element-wise loss whose input and target broadcast (:func:`broadcast_note`): looked
+        at once per loss module, on its first call with this model's output."""
         x, y = args[0], args[1]
         if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and self._is_our_output(x):
+            self._shapes_checked.add(module)
             note = broadcast_note(_kind_of(module, _LOSS_KINDS) or "", x.shape, y.shape)
             if note:
                 self.facts.learn(loss_broadcast=note)

@@ -142,10 +142,8 @@ def _reference_loss(h) -> float:
     starts far below ln(C): judged against its own start, its mini-batch noise looks like a
     plateau or a zig-zag at a "high" level."""
     init = h.initial_loss
-    c = chance_classes(h)
-    if h.facts.loss_kind in ("bce", "bce_logits"):
-        c = 2
-    if c >= 2 and h.facts.loss_kind in ("cross_entropy", "nll", "bce", "bce_logits") and math.isfinite(init) and init >= 0:
+    c = classifier_classes(h)
+    if c and math.isfinite(init) and init >= 0:
         return max(init, math.log(c))
     return init
 
@@ -193,8 +191,8 @@ def learning_well(h, cfg) -> bool:
     if tr is None or not tr.initial > 0:
         return False
     ref = tr.initial
-    c = 2 if h.facts.loss_kind in ("bce", "bce_logits") else chance_classes(h)
-    if c >= 2 and h.facts.loss_kind in ("cross_entropy", "nll", "bce", "bce_logits"):
+    c = classifier_classes(h)
+    if c:
         ref = min(ref, math.log(c))
     return tr.level <= 0.5 * ref and tr.level - tr.start < cfg.divergence_rise * tr.initial
 
@@ -287,6 +285,15 @@ def chance_classes(h) -> int:
     return int(h.facts.n_classes) if h.facts.n_classes and h.facts.n_classes >= 2 else 0
 
 
+def classifier_classes(h) -> int:
+    """C of a run trained with a classification loss the backend recognised (2 for a binary
+    cross-entropy), else 0: what ln(C) references are measured against."""
+    kind = h.facts.loss_kind
+    if kind in ("bce", "bce_logits"):
+        return 2
+    return chance_classes(h) if kind in ("cross_entropy", "nll") else 0
+
+
 @rule("chance_level_loss")
 def chance_level_loss(h, cfg):
     # a stall verdict needs a full window of evidence: many healthy runs sit at ln(C) for
@@ -295,10 +302,8 @@ def chance_level_loss(h, cfg):
     if tr is None or h.first_step is None or tr.steps[0] < h.first_step + cfg.warmup_steps:
         return None  # every classifier starts at ln(C): the first steps at chance are expected
     kind = h.facts.loss_kind
-    if kind in ("bce", "bce_logits"):
-        candidates = [2]
-    elif kind in ("cross_entropy", "nll"):
-        candidates = [chance_classes(h) or 2]
+    if kind in ("bce", "bce_logits", "cross_entropy", "nll"):
+        candidates = [classifier_classes(h) or 2]
     elif kind == "":
         # a loss not recognised (a user's loss call, a CRF, a hand-written one): the output
         # width is its class count only if the loss started at ln(C), as a C-class cross-entropy

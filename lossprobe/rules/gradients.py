@@ -5,7 +5,7 @@ import numpy as np
 
 from ..findings import Detection
 from . import rule
-from .stats import finite
+from .stats import finite, longest_run
 
 
 def _weight_columns(h) -> np.ndarray:
@@ -130,14 +130,7 @@ def zero_gradients(h, cfg):
     if rows.size < ZERO_GRAD_STEPS:
         return None
     zero = (np.where(measured[rows], g[rows], 0.0) == 0.0).all(axis=1)
-    # the longest run of consecutive all-zero measured steps
-    best, run, start, best_start = 0, 0, 0, 0
-    for k, z in enumerate(zero):
-        run = run + 1 if z else 0
-        if run == 1:
-            start = k
-        if run > best:
-            best, best_start = run, start
+    best, best_start = longest_run(zero)   # consecutive all-zero measured steps
     if best < ZERO_GRAD_STEPS:
         return None
     steps = h.steps()[rows]

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..findings import Detection
 from . import rule
-from .stats import finite
+from .stats import finite, longest_run
 
 # exp(x) overflows fp32 above ln(FLT_MAX) ~ 88.7: logits that large saturate softmax to exact 0/1.
 FP32_EXP_LIMIT = 88.0
@@ -68,15 +68,6 @@ def nonfinite_inputs(h, cfg):
         "nonfinite_values": float(x[i]), "batches_affected": int(bad.sum())})
 
 
-def _longest_run(flags: np.ndarray) -> int:
-    """The longest run of consecutive True values."""
-    best = cur = 0
-    for f in flags:
-        cur = cur + 1 if f else 0
-        best = max(best, cur)
-    return best
-
-
 @rule("softmax_overflow")
 def softmax_overflow(h, cfg):
     if h.facts.loss_kind == "mse":
@@ -86,7 +77,7 @@ def softmax_overflow(h, cfg):
     pinned = seen & (np.abs(loss - target) <= cfg.overflow_tolerance)
     # pinned on at least 3 measured steps in a row: a loss that sits at -ln(FLT_MIN), not one
     # that passes through it
-    run = _longest_run(pinned[seen])
+    run, _ = longest_run(pinned[seen])
     if run >= 3:
         i = int(np.argmax(pinned))
         return Detection("softmax_overflow", int(steps[i]), {

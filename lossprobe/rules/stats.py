@@ -51,3 +51,17 @@ def thirds(y: np.ndarray) -> tuple[float, float]:
     y = finite(y)
     k = max(1, y.size // 3)
     return float(np.median(y[:k])), float(np.median(y[-k:]))
+
+
+def longest_run(flags) -> tuple[int, int]:
+    """(length, start index) of the longest run of consecutive True values; (0, 0) if none."""
+    best, best_start, run, start = 0, 0, 0, 0
+    for k, f in enumerate(flags):
+        if f:
+            start = k if run == 0 else start
+            run += 1
+            if run > best:
+                best, best_start = run, start
+        else:
+            run = 0
+    return best, best_start
