@@ -32,8 +32,10 @@ Paddle has no global layer hook and no optimizer step hook, so the pieces are:
 
 When ``attach`` gets the bare network and training runs through ``paddle.Model.fit``, the
 first forward finds the ``paddle.Model`` that called it (a few stack frames up) and links to
-it. Static-graph tracing (``paddle.jit.to_static``, ``paddle.jit.save``) runs no statistics
-and is never a step. Every pending device value is read to the host once per ``flush_every``
+it. Under ``paddle.DataParallel`` on several ranks, :mod:`lossprobe.backends.paddle_dist` does
+the rank detection and the flush-time exchange (only rank 0 publishes).
+Static-graph tracing (``paddle.jit.to_static``, ``paddle.jit.save``) runs no statistics and is
+never a step. Every pending device value is read to the host once per ``flush_every``
 steps (``n_host_reads``); every wrapped method is restored by ``detach()``.
 """
 from __future__ import annotations
@@ -45,11 +47,12 @@ from typing import Any, Callable
 import paddle
 from paddle import nn
 
+from . import paddle_dist
 from .base import claim
 from ..capture.eager import EagerCapture, Step
 from ..capture.facts import FactSheet, broadcast_note, output_activation
 from ..capture.ops import first_tensor, ops_for
-from ..record import Layout
+from ..record import Flush, Layout
 
 _BN_BASE = getattr(getattr(nn, "layer", None) and nn.layer.norm, "_BatchNormBase", None)
 _BN_TYPES: tuple[type, ...] = (_BN_BASE,) if isinstance(_BN_BASE, type) else tuple(
@@ -213,12 +216,16 @@ class PaddleBackend(EagerCapture):
         self._act_layers = [m for _, m, _ in acts]
         self._bn_layers = [m for _, m, k in acts if k == "batchnorm"]
         self._loss_layers = [m for _, m in self.net.named_sublayers() if _is_loss_layer(m)]
+        # paddle_dist.py: rank, world size and the rank table are known before the layout
+        self.dist = self._safe("distributed", paddle_dist.PaddleRanks.create, config, self._warn)
         layout = Layout(
             framework="paddle", params=[n for n, _ in named], param_sizes=[_numel(p) for p in params],
             activations=[n for n, _, _ in acts], kinds=[k for _, _, k in acts],
             is_weight=[len(p.shape) >= 2 for p in params],
             activation_types=[type(m).__name__ for _, m, _ in acts],
-            param_owner_types=[type(sub.get(n.rpartition(".")[0], self.net)).__name__ for n, _ in named])
+            param_owner_types=[type(sub.get(n.rpartition(".")[0], self.net)).__name__ for n, _ in named],
+            rank=paddle_dist.publisher_rank(), world_size=self.dist.world if self.dist is not None else 1,
+            extra=self.dist.layout_extra() if self.dist is not None else {})
         facts = FactSheet(dropout_rates=tuple(
             (n, float(m.p)) for n, m in self.net.named_sublayers()
             if isinstance(m, nn.Dropout) and isinstance(getattr(m, "p", None), (int, float)) and m.p > 0))
@@ -483,8 +490,10 @@ class PaddleBackend(EagerCapture):
     def _make_grad_hook(self, i: int):
         def hook(grad):
             if self._training():
-                self._current()
+                cur = self._current()
                 self._seen.add(i)  # the norm is read from p.grad after backward or at optimizer.step()
+                if self.dist is not None:   # this rank's own gradient, before DataParallel reduces it
+                    self._safe("rank-gradients", self.dist.on_grad, cur.step, grad)
             return None
         return hook
 
@@ -535,3 +544,18 @@ class PaddleBackend(EagerCapture):
         if self.mode == "forward" and self._cur is not None and self._seen:
             self._close_step()  # the last step of a loop has no next forward to end it
         super().flush()
+
+    def _extra_tensors(self) -> list:
+        if self.dist is None:
+            return []
+        t = self._safe("rank-gradients", self.dist.take_tensors, self._step)  # rides in this flush's one copy
+        return [t] if t is not None else []
+
+    def _hand_over(self, steps, host, plan, val_points, extra_host) -> None:
+        if self.dist is None:
+            return super()._hand_over(steps, host, plan, val_points, extra_host)
+        # paddle_dist.py: one gather per flush, on the training thread (it is a collective)
+        records = self._decode(steps, host, plan)
+        merged = self._safe("distributed", self.dist.on_flush, records, extra_host[-1] if extra_host else None)
+        self.channel.ingest(Flush(records=merged if merged is not None else records, val_points=val_points,
+                                  facts=self.facts.facts))

@@ -67,10 +67,8 @@ import numpy as np
 import torch
 import torch.optim.optimizer as _optim_mod
 
-from ..capture.spec import MAX, MEAN, MIN, RANK_COMBINE, SUM
+from ..capture.ranks import merge_ranks, rank_summaries
 from ..record import StepRecord
-
-_COMBINE = {MAX: max, MIN: min, SUM: sum, MEAN: lambda v: float(np.mean(v))}
 from ..rules.distributed import NoiseScale, RankTable
 
 
@@ -364,7 +362,7 @@ class DistHelper:
         if not records:
             return records, []
         try:
-            mine = self._summaries(records, self._host_stats(taken, host))
+            mine = rank_summaries(records, self._host_stats(taken, host))
         except Exception as exc:  # never skip the exchange below: the other ranks wait for it
             self.noise_on = self.micro = False
             self._warn("per-rank summary", exc)
@@ -372,7 +370,7 @@ class DistHelper:
         gathered = [mine]
         if self.table is not None:
             gathered = self._gather(mine)
-            self._merge(records, gathered)
+            merge_ranks(records, gathered, self.table)
         try:
             rows = self._noise_rows(gathered)
         except Exception as exc:
@@ -402,22 +400,6 @@ class DistHelper:
                 out[st.step][name] = float(host[a])
         return out
 
-    def _summaries(self, records: list[StepRecord], by_step: dict[int, dict[str, float]]) -> list[dict[str, float]]:
-        rows = []
-        for rec in records:
-            d = dict(by_step.get(rec.step, {}))
-            d["step"] = float(rec.step)
-            if rec.loss_seen:
-                d["loss"] = rec.loss if math.isfinite(rec.loss) else math.nan
-                d["loss_nonfinite"] = 0.0 if math.isfinite(rec.loss) else 1.0
-            d["input_nonfinite"] = rec.input_nonfinite
-            d["output_nonfinite"] = rec.output_nonfinite
-            if "local_sq" in d:
-                d["grad_nonfinite"] = 0.0 if math.isfinite(d["local_sq"]) else 1.0
-            d["raw_loss"] = rec.loss if rec.loss_seen else math.nan
-            rows.append(d)
-        return rows
-
     def _gather(self, mine: list[dict[str, float]]) -> list[list[dict[str, float]]]:
         d = torch.distributed
         if not (d.is_available() and d.is_initialized()):
@@ -426,23 +408,6 @@ class DistHelper:
         d.all_gather_object(out, mine)  # the one cross-rank exchange of this flush
         self.n_gathers += 1
         return [o or [] for o in out]
-
-    def _merge(self, records: list[StepRecord], gathered: list[list[dict[str, float]]]) -> None:
-        """Per-rank rows into the RankTable; each record gets the cross-rank mean loss (a
-        non-finite loss on any rank wins) and the worst non-finite input/output flags."""
-        per_rank = [{int(r["step"]): r for r in rows} for rows in gathered]
-        for rec in records:
-            rows = [pr.get(rec.step, {}) for pr in per_rank]
-            self.table.append(rec.step, rows)
-            seen = [r for r in rows if "loss_nonfinite" in r]
-            if seen:
-                bad = [r["raw_loss"] for r in seen if r["loss_nonfinite"] > 0]
-                rec.loss = float(bad[0]) if bad else float(np.mean([r["raw_loss"] for r in seen]))
-                rec.loss_seen = 1.0
-            for name in ("input_nonfinite", "output_nonfinite"):
-                vals = [r[name] for r in rows if name in r and not math.isnan(r[name])]
-                if vals:   # as capture.spec says the ranks combine it
-                    setattr(rec, name, float(_COMBINE[RANK_COMBINE[name]](vals)))
 
     def _noise_rows(self, gathered: list[list[dict[str, float]]]) -> list[tuple[int, dict[str, float]]]:
         if not self.noise_on:
