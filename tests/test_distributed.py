@@ -22,7 +22,7 @@ from torch import nn
 
 import lossprobe
 from lossprobe.backends.torch_dist import noise_scale_summary
-from lossprobe.record import Layout
+from lossprobe.record import Layout, StepRecord
 from lossprobe.rules import RULES
 from lossprobe.rules.distributed import NoiseScale, RankTable
 
@@ -275,3 +275,70 @@ def test_first_nonfinite_rank_is_remembered_after_the_window_moves():
     assert t.first_bad["input_nonfinite"] == (5, [2])
     steps, v = t.view("input_nonfinite")
     assert list(steps) == list(range(22, 30)) and v.shape == (8, 3)
+
+
+# -- which process publishes: the global rank, never LOCAL_RANK taken for it ---------------
+@pytest.mark.parametrize("env,rank", [
+    ({"RANK": "2", "LOCAL_RANK": "0"}, 2),   # first process of the second node: not a publisher
+    ({"RANK": "0", "LOCAL_RANK": "0"}, 0),
+    ({"LOCAL_RANK": "1"}, 1),                # a local rank above 0 is never global rank 0
+    ({"LOCAL_RANK": "0", "GROUP_RANK": "1", "LOCAL_WORLD_SIZE": "4"}, 4),   # node 1's first process
+    ({"LOCAL_RANK": "0", "NODE_RANK": "2"}, 2),
+    ({"LOCAL_RANK": "0"}, 0),                # nothing tells the node: it stands in for rank 0
+    ({"RANK": "x", "LOCAL_RANK": "1"}, 1),    # an unreadable RANK is no rank
+    ({}, 0),
+])
+def test_publisher_rank_from_the_environment(monkeypatch, env, rank):
+    from lossprobe.backends.torch_dist import NODE_INDEX_VARS, publisher_rank
+    for key in NODE_INDEX_VARS + ("RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert publisher_rank() == rank
+    probe = lossprobe.attach(_mlp(), sinks=["console"])   # before any init_process_group
+    assert len(probe.sinks) == (1 if rank == 0 else 0)
+    probe.detach()
+
+
+# -- combining the pieces of sharded parameters (capture/shards.py) --------------------------
+def _piece_record(grads, norms, ratios, carried):
+    from lossprobe.capture.buffer import decode_grads
+    rec = StepRecord.empty(0, Layout(framework="torch", params=("w", "b")))
+    decode_grads(rec, np.array(grads, dtype=float))
+    rec.param_norms[:], rec.update_ratios[:], rec.grad_carried = norms, ratios, carried
+    return rec
+
+
+def test_pieces_of_sharded_parameters_combine_into_the_whole_tensors():
+    from lossprobe.capture.shards import merge_shards, shard_summary
+    from lossprobe.capture.spec import MISSING, UNMEASURED
+    # w is split in pieces of norms 3 and 4 (whole: 5); updates |dW| 0.3 and 0.8 (whole: sqrt(0.73))
+    recs = [_piece_record([3.0, 1.0], [3.0, 2.0], [0.1, np.nan], 0.5),
+            _piece_record([4.0, 1.0], [4.0, 2.0], [0.2, np.nan], 0.0)]
+    parts = [shard_summary(r, [0]) for r in recs]          # b is not sharded: left as it is
+    merge_shards(recs[0], [0], np.ones(1), parts)
+    rec = recs[0]
+    assert rec.param_grad_norms[0] == pytest.approx(5.0) and rec.param_grad_norms[1] == 1.0
+    assert rec.grad_norm == pytest.approx(math.sqrt(26.0))
+    assert rec.param_norms[0] == pytest.approx(5.0)
+    assert rec.update_ratios[0] == pytest.approx(math.sqrt(0.73) / 5.0)
+    # carried: 0.5 of rank 0's sqrt(10), none of rank 1's sqrt(17)
+    assert rec.grad_carried == pytest.approx(0.5 * math.sqrt(10) / math.sqrt(27))
+    # a piece held by two ranks (replicated over half the mesh) counts once
+    twice = [_piece_record([3.0, 1.0], [3.0, 1.0], [np.nan, np.nan], np.nan) for _ in range(4)]
+    merge_shards(twice[0], [0, 1], np.array([4.0, 2.0]), [shard_summary(r, [0, 1]) for r in twice])
+    assert twice[0].param_grad_norms == pytest.approx([3.0, math.sqrt(2.0)])
+    # a non-finite piece makes the tensor non-finite; no gradient anywhere stays missing; a
+    # piece one rank could not read, or a rank that sent nothing, makes it unmeasured
+    odd = [_piece_record([np.nan, MISSING], [1, 1], [np.nan] * 2, np.nan),
+           _piece_record([1.0, MISSING], [1, 1], [np.nan] * 2, np.nan)]
+    merge_shards(odd[0], [0, 1], np.ones(2), [shard_summary(r, [0, 1]) for r in odd])
+    assert math.isnan(odd[0].param_grad_norms[0]) and not odd[0].param_grad_unmeasured[0]
+    assert odd[0].param_grad_missing[1]
+    mixed = [_piece_record([UNMEASURED, 1.0], [1, 1], [np.nan] * 2, np.nan),
+             _piece_record([2.0, 1.0], [1, 1], [np.nan] * 2, np.nan)]
+    merge_shards(mixed[1], [0], np.ones(1), [shard_summary(r, [0]) for r in mixed])
+    assert mixed[1].param_grad_unmeasured[0] and mixed[1].grad_norm == pytest.approx(1.0)
+    lost = _piece_record([2.0, 1.0], [1, 1], [0.1, np.nan], 0.3)
+    merge_shards(lost, [0], np.ones(1), [shard_summary(lost, [0]), None])
+    assert lost.param_grad_unmeasured[0] and math.isnan(lost.param_norms[0]) and math.isnan(lost.grad_carried)

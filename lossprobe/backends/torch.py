@@ -19,13 +19,16 @@ are shared by every attached torch probe (:class:`_Hooks`) and dispatch by ident
   boundary (a pending ``TrainingHealthError`` is raised here); with a closure
   (LBFGS, Lightning) the gradients are read again when it returns.
 
-A gradient the backend cannot read (sparse, DTensor, a traced value) is *unmeasured*, said
-once in the log, never taken for a non-finite one. Every ``flush_every`` steps all pending
-device values are read to the host in one copy (``n_host_reads`` counts them).
+A gradient the backend cannot read (sparse, a traced value) is *unmeasured*, said once in
+the log, never taken for a non-finite one. FSDP2's sharded parameters and gradients
+(``DTensor``) are read through their local shards (:func:`_local_shard`); the ranks combine
+the pieces at flush time (:mod:`lossprobe.backends.torch_dist`). Every ``flush_every``
+steps all pending device values are read to the host in one copy (``n_host_reads``).
 """
 from __future__ import annotations
 
 import math
+import sys
 import weakref
 from typing import Any
 
@@ -77,6 +80,17 @@ def _kind_of(module: nn.Module, table) -> str | None:
 def _readable(t: torch.Tensor) -> bool:
     """A plain dense tensor: not sparse, not a DTensor or other subclass, not a traced value."""
     return type(t) in (torch.Tensor, nn.Parameter) and t.layout == torch.strided
+
+
+def _local_shard(t):
+    """This process's piece of a ``DTensor`` sharded or replicated over its mesh (FSDP2's
+    parameters and gradients), read without an autograd node; any other tensor as it is (a
+    DTensor with a pending reduction stays one: unreadable)."""
+    dt = sys.modules.get("torch.distributed.tensor")
+    if dt is None or not isinstance(t, dt.DTensor) or any(p.is_partial() for p in t.placements):
+        return t
+    with torch.no_grad():
+        return t.to_local()
 
 
 def _remember_unscaled(scale):
@@ -193,6 +207,7 @@ _HOOKS = _Hooks()
 class TorchBackend(EagerCapture):
     framework = "torch"
     _grad_readable = staticmethod(_readable)
+    _local = staticmethod(_local_shard)
 
     @staticmethod
     def _node_inputs(node) -> list:
@@ -227,6 +242,7 @@ class TorchBackend(EagerCapture):
         self._bn_modules = [m for _, m, k in acts if k == "batchnorm"]
         from . import torch_dist  # rank, world size and the rank table are known before the layout
         self.params = params
+        self._sharded = any(_local_shard(p) is not p for p in params)
         self.dist = self._safe("distributed", torch_dist.DistHelper.create, self)
         layout = Layout(
             framework="torch", params=[n for n, _ in named], param_sizes=[p.numel() for p in params],
@@ -238,9 +254,9 @@ class TorchBackend(EagerCapture):
             extra=self.dist.layout_extra() if self.dist is not None else {})
         facts = FactSheet(dropout_rates=tuple((n, float(m.p)) for n, m in self.net.named_modules()
                                               if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0))
-        # parameters a device op can read (FSDP2 shards are DTensors: unmeasured here)
+        # parameters a device op can read (FSDP2's DTensors: through their local shards)
         super()._init_capture(layout, config, params, weight_idx, facts,
-                              readable=[i for i, p in enumerate(params) if _readable(p)])
+                              readable=[i for i, p in enumerate(params) if _readable(_local_shard(p))])
         self._shapes_checked: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()   # loss modules looked at
         self._foreign: list | None = None     # weakrefs: trainable tensors the forward uses that are not params
         self._last_out = None                 # weakref to the model's latest output (tells our loss from another model's)
@@ -348,7 +364,7 @@ class TorchBackend(EagerCapture):
         ``requires_grad=True`` in ``__init__``. ``model.parameters()`` misses them, and so does
         an optimizer built from it (told in :meth:`_note_unregistered`)."""
         self._foreign = []
-        if self.compiled or any(type(p).__name__ == "DTensor" for p in self.params):
+        if self.compiled or self._sharded:
             return  # compiled graphs and sharded parameters are not walked
         inputs = [t for t in _tensors_in((args, kwargs))]
         stop = {id(t.grad_fn) for t in inputs if t.grad_fn is not None}
@@ -474,7 +490,10 @@ class TorchBackend(EagerCapture):
         spread over it and its norm scaled by sqrt(n / n_read): the norm of a large gradient
         costs a full pass over its memory (on a CPU as much as the optimizer's own update),
         while its scale - what the rules read - is estimated well from a sample."""
-        grads, idx, missing, unmeasured = self._sort_grads([p.grad for p in self.params], _readable)
+        found = [p.grad for p in self.params]
+        if self._sharded:   # FSDP2: this rank's shard of each gradient
+            found = [_local_shard(g) for g in found]
+        grads, idx, missing, unmeasured = self._sort_grads(found, _readable)
         budget = self.cfg.grad_sample
         if cur.sampled or budget <= 0 or not grads:
             self._record_grads(cur, grads, idx, missing, unmeasured)

@@ -19,8 +19,8 @@ Under ``torch.distributed`` (DDP, ``torchrun``), attach on every rank, after
 What happens:
 
 * **rank detection** reads ``torch.distributed`` only if the user already initialised
-  it (it is never initialised here); before that, ``RANK`` from the environment decides
-  the sinks (``torchrun`` sets it).
+  it (it is never initialised here); before that, the global ``RANK`` from the environment
+  decides the sinks (``torchrun`` sets it), never ``LOCAL_RANK`` alone (:func:`publisher_rank`).
 * **one publisher**: the layout carries this process's rank (:func:`publisher_rank`);
   the probe of a rank other than 0 keeps no sink (console included), so a tracker gets
   exactly one run. A sink with ``all_ranks = True`` is kept on every rank.
@@ -42,6 +42,15 @@ What happens:
   ``Config(extra={"ddp_comm_hook": False})`` then (the noise scale and local-gradient
   attribution are off, everything else works).
 
+**FSDP2** (``fully_shard``; attach after sharding, to the sharded model): parameters and
+gradients are ``DTensor`` pieces. Each rank measures its own pieces (the backend reads
+their local shards) and, in the same one exchange per flush, sends its per-parameter
+values for the sharded parameters (:func:`~lossprobe.capture.shards.shard_summary`); every
+rank then combines them as :mod:`lossprobe.capture.spec` says, so per-layer gradient norms,
+the global gradient norm, weight norms and update ratios are those of the whole tensors
+(:func:`~lossprobe.capture.shards.merge_shards`). No collective runs per step. A tensor
+replicated over part of the mesh (HSDP) counts each distinct piece once.
+
 The gradient noise scale B_simple (McCandlish et al. 2018) needs the squared gradient
 norm at two batch sizes: under DDP, the per-rank batch (before the all-reduce) and the
 global batch (after it); on one device, the micro-batches of gradient accumulation
@@ -61,6 +70,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -68,6 +78,7 @@ import torch
 import torch.optim.optimizer as _optim_mod
 
 from ..capture.ranks import merge_ranks, rank_summaries
+from ..capture.shards import merge_shards, shard_summary
 from ..record import StepRecord
 from ..rules.distributed import NoiseScale, RankTable
 
@@ -80,20 +91,63 @@ def rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+def _env_int(key: str) -> int | None:
+    try:
+        return int(os.environ[key])
+    except (KeyError, ValueError):
+        return None
+
+
+# the node's index, set beside LOCAL_RANK by torchrun (GROUP_RANK) and Lightning/accelerate (NODE_RANK)
+NODE_INDEX_VARS = ("GROUP_RANK", "NODE_RANK")
+
+
 def _env_rank() -> int:
-    for key in ("RANK", "LOCAL_RANK"):
-        try:
-            return int(os.environ[key])
-        except (KeyError, ValueError):
-            continue
-    return 0
+    """The global rank a launcher set (``RANK``: torchrun, DeepSpeed, accelerate; not Slurm's
+    or MPI's task ranks, set for independent processes too). ``LOCAL_RANK`` alone is no
+    global rank: a process is taken for rank 0 only when its local rank and its node's index
+    (:data:`NODE_INDEX_VARS`, 0 when unset) are both 0 -- every launcher numbers a node's
+    processes after those of the nodes before it. Such a process then stands in for rank 0
+    (it publishes: on one machine the right one; on several nodes whose launcher sets neither
+    ``RANK`` nor a node index, attach after ``init_process_group``). Any other process gets
+    a stand-in rank above 0 (node index x ``LOCAL_WORLD_SIZE`` + local rank) and does not
+    publish."""
+    rank = _env_int("RANK")
+    if rank is not None:
+        return max(0, rank)
+    local = max(0, _env_int("LOCAL_RANK") or 0)
+    node = max([0] + [_env_int(k) or 0 for k in NODE_INDEX_VARS])
+    return node * max(1, _env_int("LOCAL_WORLD_SIZE") or 1) + local
 
 
 def publisher_rank() -> int:
-    """This process's rank for publishing: torch.distributed's when initialised, else ``RANK``
-    from the environment (``torchrun`` sets it before ``init_process_group``)."""
+    """This process's rank for publishing (only rank 0 publishes): torch.distributed's when
+    initialised, else ``RANK`` from the environment (``torchrun`` sets it before
+    ``init_process_group``), never ``LOCAL_RANK`` taken for a global rank (:func:`_env_rank`).
+
+    Example::
+
+        # RANK=2 LOCAL_RANK=0 (node 1 of two, 2 processes each), before init_process_group
+        publisher_rank()      # 2: not a publisher
+    """
     rank, world = rank_world()
     return rank if world > 1 else _env_rank()
+
+
+def shard_layout(params, world: int) -> tuple[list[int], np.ndarray]:
+    """(indices of the sharded parameters, how many ranks hold each piece of them): a
+    ``DTensor`` sharded over some mesh dimensions and replicated over the others (FSDP2, HSDP)
+    has world / (product of its sharded dimensions' sizes) copies of each piece."""
+    dt = sys.modules.get("torch.distributed.tensor")
+    if dt is None:
+        return [], np.ones(0)
+    idx, copies = [], []
+    for i, p in enumerate(params):
+        if isinstance(p, dt.DTensor) and not any(pl.is_partial() for pl in p.placements):
+            pieces = math.prod(p.device_mesh.size(d) for d, pl in enumerate(p.placements) if pl.is_shard())
+            idx.append(i)
+            copies.append(max(1.0, world / pieces))
+    return idx, np.array(copies, dtype=float)
 
 
 def _is_ddp(model: Any) -> bool:
@@ -177,6 +231,8 @@ class DistHelper:
         self.table = RankTable(world, window=max(2 * int(getattr(cfg, "curve_window", 60)), 128)) if world > 1 else None
         self.noise = NoiseScale(beta=float(extra.get("noise_scale_beta", 0.95)))
         self.noise.source = "ddp" if self.comm_hook_wanted else "micro-batches"
+        # FSDP: the parameters whose pieces the ranks combine at flush (none on one rank)
+        self.sharded, self.copies = shard_layout(backend.params, world) if world > 1 else ([], np.ones(0))
         self._handles: list[Any] = []
         self._cur = _StepStats(0)
         self._snap: list[torch.Tensor] | None = None   # grads at the previous micro-batch boundary
@@ -253,7 +309,7 @@ class DistHelper:
         gs, ids = [], []
         for i, p in enumerate(self.backend.params):
             if p.grad is not None:
-                gs.append(p.grad.detach())
+                gs.append(self.backend._local(p.grad).detach())
                 ids.append(i)
         return gs, tuple(ids)
 
@@ -363,6 +419,9 @@ class DistHelper:
             return records, []
         try:
             mine = rank_summaries(records, self._host_stats(taken, host))
+            if self.sharded:   # FSDP: this rank's pieces of each sharded tensor
+                for d, rec in zip(mine, records):
+                    d["shards"] = shard_summary(rec, self.sharded)
         except Exception as exc:  # never skip the exchange below: the other ranks wait for it
             self.noise_on = self.micro = False
             self._warn("per-rank summary", exc)
@@ -371,6 +430,10 @@ class DistHelper:
         if self.table is not None:
             gathered = self._gather(mine)
             merge_ranks(records, gathered, self.table)
+            if self.sharded:   # the whole tensors' norms from the ranks' pieces
+                per_rank = [{int(r["step"]): r for r in rows} for rows in gathered]
+                for rec in records:
+                    merge_shards(rec, self.sharded, self.copies, [pr.get(rec.step, {}).get("shards") for pr in per_rank])
         try:
             rows = self._noise_rows(gathered)
         except Exception as exc:

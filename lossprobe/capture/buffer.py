@@ -89,7 +89,7 @@ class Columns:
         for k, name in enumerate(STATS["act"].field_names):
             fields[name] = per[:, k].copy()
         rec.__dict__.update(fields)
-        self._decode_grads(rec, rec.param_grad_norms)
+        decode_grads(rec, rec.param_grad_norms)
         if rec.loss_seen != 1.0:
             rec.loss, rec.loss_seen = math.nan, 0.0
         # the gradient already in .grad at the first backward, relative to the applied one
@@ -98,14 +98,28 @@ class Columns:
                 (0.0 if rec.grad_carried == 0 else math.nan)
         return rec
 
-    @staticmethod
-    def _decode_grads(rec: StepRecord, g: np.ndarray) -> None:
-        rec.param_grad_missing = g == MISSING
-        rec.param_grad_unmeasured = g == UNMEASURED
-        g[g < 0] = np.nan
-        measured = g[~rec.param_grad_missing & ~rec.param_grad_unmeasured]
-        if measured.size and not np.isnan(measured).all():
-            rec.grad_norm = float(np.sqrt(np.sum(measured.astype(np.float64) ** 2)))
+
+
+def decode_grads(rec: StepRecord, g: np.ndarray) -> None:
+    """The gradient fields of ``rec`` from per-parameter norms with the MISSING/UNMEASURED
+    sentinels (``g`` becomes ``rec.param_grad_norms``, sentinels turned to nan): the masks
+    and the global gradient norm over the measured parameters."""
+    rec.param_grad_norms = g
+    rec.param_grad_missing = g == MISSING
+    rec.param_grad_unmeasured = g == UNMEASURED
+    g[g < 0] = np.nan
+    measured = g[~rec.param_grad_missing & ~rec.param_grad_unmeasured]
+    rec.grad_norm = float(np.sqrt(np.sum(measured.astype(np.float64) ** 2))) \
+        if measured.size and not np.isnan(measured).all() else math.nan
+
+
+def grad_sentinels(rec: StepRecord) -> np.ndarray:
+    """``rec``'s per-parameter gradient norms with the sentinels back in (what
+    :func:`decode_grads` reads)."""
+    g = np.array(rec.param_grad_norms, dtype=float)
+    g[rec.param_grad_missing] = MISSING
+    g[rec.param_grad_unmeasured] = UNMEASURED
+    return g
 
 
 class StepValues:

@@ -55,7 +55,8 @@ class EagerCapture(CaptureGuard):
     """Shared state and statistics of the eager backends (see the module docstring).
 
     A subclass sets ``ops`` and says how its framework's autograd nodes link
-    (``_node_inputs``) and which gradients a device op can read (``_grad_readable``)."""
+    (``_node_inputs``), which gradients a device op can read (``_grad_readable``) and, for
+    sharded parameters, which piece of a tensor this process reads (``_local``)."""
 
     ops: Ops
 
@@ -67,6 +68,12 @@ class EagerCapture(CaptureGuard):
     def _grad_readable(g) -> bool:
         return True
 
+    @staticmethod
+    def _local(t):
+        """The tensor the device ops read for parameter or gradient ``t``: ``t`` itself, or
+        this process's shard of a sharded one (combined across ranks at flush time)."""
+        return t
+
     def _init_capture(self, layout: Layout, config: Any, params: Sequence, weight_idx: Sequence[int],
                       facts: FactSheet, readable: Sequence[int] | None = None) -> None:
         """``weight_idx``: the weight tensors (update ratios); ``readable``: the parameters a
@@ -76,7 +83,7 @@ class EagerCapture(CaptureGuard):
         self.params = list(params)
         self._readable = list(range(len(self.params))) if readable is None else list(readable)
         self.weight_idx = [i for i in (list(weight_idx) or range(len(self.params))) if i in set(self._readable)]
-        self._upd_index = [update_sample_index(int(layout.param_sizes[i])) for i in self.weight_idx]
+        self._upd_index = [update_sample_index(int(self.ops.size(self._local(self.params[i])))) for i in self.weight_idx]
         self.channel = None
         self.n_host_reads = 0
         self.validation_losses_seen = 0
@@ -172,7 +179,7 @@ class EagerCapture(CaptureGuard):
             # design (zero_grad clears the optimizer's parameters), and frozen_parameters names it
             held = self.facts.facts.in_optimizer
             params = self.params if held is None else [p for p, h in zip(self.params, held) if h]
-            grads = [p.grad for p in params if p.grad is not None]
+            grads = [self._local(p.grad) for p in params if p.grad is not None]
             self._safe("backward", self._record_carried, cur, [g for g in grads if self._grad_readable(g)])
         return None
 
@@ -298,8 +305,8 @@ class EagerCapture(CaptureGuard):
         """Before a sampled step's update: parameter norms and the weight samples."""
         if self._readable:
             cur.put(self.columns.span("param_norm")[self._readable],
-                    stats.param_norms(self.ops, [self.params[i] for i in self._readable]))
-        self._before = [stats.weight_sample(self.ops, self.params[i], idx)
+                    stats.param_norms(self.ops, [self._local(self.params[i]) for i in self._readable]))
+        self._before = [stats.weight_sample(self.ops, self._local(self.params[i]), idx)
                         for i, idx in zip(self.weight_idx, self._upd_index)] or None
 
     def _record_updates(self, cur: Step) -> None:
@@ -307,7 +314,8 @@ class EagerCapture(CaptureGuard):
         before, self._before = self._before, None
         if before is None:
             return
-        after = [stats.weight_sample(self.ops, self.params[i], idx) for i, idx in zip(self.weight_idx, self._upd_index)]
+        after = [stats.weight_sample(self.ops, self._local(self.params[i]), idx)
+                 for i, idx in zip(self.weight_idx, self._upd_index)]
         cur.put(self.columns.span("update")[self.weight_idx], stats.update_ratios(self.ops, before, after))
 
     # -- validation --------------------------------------------------------------------------

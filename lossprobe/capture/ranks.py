@@ -26,10 +26,7 @@ import numpy as np
 
 from ..record import StepRecord
 from ..rules.distributed import RankTable
-from .spec import MAX, MEAN, MIN, RANK_COMBINE, SUM
-
-COMBINE = {MAX: max, MIN: min, SUM: sum, MEAN: lambda v: float(np.mean(v))}
-"""How a rank-combine name of :mod:`~lossprobe.capture.spec` turns per-rank values into one."""
+from .spec import RANK_COMBINE, combine
 
 GLOBAL_RANK_VARS = ("RANK", "PADDLE_TRAINER_ID")
 """Environment variables that hold a process's *global* rank (``torchrun``, Paddle's
@@ -93,4 +90,4 @@ def merge_ranks(records: Sequence[StepRecord], gathered: Sequence[Sequence[dict[
         for name in ("input_nonfinite", "output_nonfinite"):
             vals = [r[name] for r in rows if name in r and not math.isnan(r[name])]
             if vals:   # as capture.spec says the ranks combine it
-                setattr(rec, name, float(COMBINE[RANK_COMBINE[name]](vals)))
+                setattr(rec, name, float(combine(RANK_COMBINE[name], np.array(vals))))

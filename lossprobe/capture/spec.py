@@ -8,12 +8,18 @@ it; the same columns decode into :class:`~lossprobe.record.StepRecord` fields.
 Schedules: ``EVERY`` step, or ``SAMPLED`` -- one step in each block of
 ``activation_every``, at a rotating offset (:func:`is_sampled`), the same steps in every
 backend. Rank combine: how a cross-rank value is made from the ranks' values (``MEAN``,
-``SUM``, ``MAX``, ``MIN``); ``LOCAL`` statistics stay per rank.
+``SUM``, ``MAX``, ``MIN``); ``LOCAL`` statistics stay per rank. Per-parameter norms of a
+*sharded* parameter (FSDP: each rank holds a piece) combine over its pieces: ``L2`` is the
+root of the sum of the pieces' squared norms, and ``L2_RATIO`` a ratio of two norms (the
+update ratio, the carried gradient) whose numerator and denominator each combine so, the
+denominator being the field :data:`RATIO_OF` names; :func:`combine` does the arithmetic. A
+replicated tensor's norm is the same on every rank (``L2`` over its distinct pieces).
 
 Example::
 
     STATS["output"].fields           # ('logit_abs_max', 'logit_std', ...)
     is_sampled(11, every=10)         # True: step 11 is block 1's sampled step
+    combine(L2, np.array([[3.0], [4.0]]))   # array([5.]): two shards' norms -> the tensor's
     SATURATION_MARGIN                # 87.3365: -ln(smallest normal float32)
 
 To add a statistic: add a :class:`Stat` here (and its StepRecord fields in record.py),
@@ -28,6 +34,7 @@ import numpy as np
 
 EVERY, SAMPLED = "every", "sampled"
 MEAN, SUM, MAX, MIN, LOCAL = "mean", "sum", "max", "min", "local"
+L2, L2_RATIO = "l2", "l2_ratio"
 SCALAR, PER_PARAM, PER_ACTIVATION = "scalar", "param", "activation"
 
 
@@ -66,12 +73,12 @@ _STATS = (
     Stat("target", (("target_min", MIN), ("target_max", MAX), ("target_mean", MEAN), ("target_std", MEAN),
                     ("target_distinct", MAX), ("target_is_index", MAX), ("target_fractional", MEAN)), SAMPLED),
     # per-parameter L2 gradient norm (sentinels: MISSING = no gradient, UNMEASURED = unreadable)
-    Stat("grad", (("param_grad_norms", LOCAL),), EVERY, PER_PARAM),
+    Stat("grad", (("param_grad_norms", L2),), EVERY, PER_PARAM),
     # |gradient already in .grad at the step's first backward|; decoded relative to grad_norm
-    Stat("carried", (("grad_carried", MEAN),), SAMPLED),
-    Stat("param_norm", (("param_norms", LOCAL),), SAMPLED, PER_PARAM),
+    Stat("carried", (("grad_carried", L2_RATIO),), SAMPLED),
+    Stat("param_norm", (("param_norms", L2),), SAMPLED, PER_PARAM),
     # |dW| / |W| of each weight tensor over the step, on UPDATE_SAMPLE elements (update_sample_index)
-    Stat("update", (("update_ratios", LOCAL),), SAMPLED, PER_PARAM),
+    Stat("update", (("update_ratios", L2_RATIO),), SAMPLED, PER_PARAM),
     # per activation: share of dead units (ReLU), share at the bounds (sigmoid/tanh), std
     Stat("act", (("act_dead", LOCAL), ("act_sat", LOCAL), ("act_scale", LOCAL)), SAMPLED, PER_ACTIVATION),
     # known on the host: BatchNorm layers found in eval mode on a sampled training step
@@ -79,6 +86,35 @@ _STATS = (
 )
 STATS: dict[str, Stat] = {s.name: s for s in _STATS}
 RANK_COMBINE: dict[str, str] = {f: c for s in _STATS for f, c in s.fields}
+# the denominator of each L2_RATIO field: grad_carried is decoded relative to grad_norm, an
+# update ratio is |dW| / |W| of a weight whose norm param_norms holds on the same step
+RATIO_OF: dict[str, str] = {"grad_carried": "grad_norm", "update_ratios": "param_norms"}
+
+
+def combine(kind: str, values: np.ndarray, denominators: np.ndarray | None = None, copies=1.0) -> np.ndarray:
+    """One value from the ranks' values of a statistic: ``values`` has the ranks on axis 0.
+
+    ``L2``: the ranks hold pieces of a tensor and their norms; the tensor's norm is the root
+    of the sum of squares, a piece held by ``copies`` ranks counted once. ``L2_RATIO``: the
+    ranks hold ratios a_r / b_r with ``denominators`` b_r; the result is |a| / |b| (nan
+    where |b| is 0). NaN and Inf on any rank carry through (a non-finite piece makes the
+    tensor non-finite).
+
+    Example::
+
+        combine(L2, np.array([[3.0], [4.0]]))                          # [5.]
+        combine(L2_RATIO, np.array([[0.1], [0.1]]), np.array([[3.0], [4.0]]))   # [0.1]
+        combine(MAX, np.array([0.0, 1.0]))                             # 1.0
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if kind == L2:
+        return np.sqrt(np.sum(v * v, axis=0) / copies)
+    if kind == L2_RATIO:
+        b = np.asarray(denominators, dtype=np.float64)
+        den = np.sqrt(np.sum(b * b, axis=0))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(den > 0, np.sqrt(np.sum((v * b) ** 2, axis=0)) / den, np.nan)
+    return {MEAN: np.mean, SUM: np.sum, MAX: np.max, MIN: np.min}[kind](v, axis=0)
 
 # -- constants every backend uses -------------------------------------------------------------
 SATURATION_MARGIN = -math.log(float(np.finfo(np.float32).tiny))
