@@ -44,9 +44,14 @@ reads. Validation loss comes from fit's epoch logs (already on the host) or ``ob
 Activation statistics come from the wrapped layer ``call``s, i.e. from the tensors the
 training step computes anyway: no sub-model and no second forward pass.
 
-Limits: Keras 3 only (not legacy ``tf_keras``); no distribution strategy with several
-replicas (the probe stays off and says so); in a custom loop, attach before the first call
-of your compiled step (a ``tf.function`` traced earlier holds no probe ops), and after
+Under ``tf.distribute.MirroredStrategy`` each replica keeps its own ring and the flush
+combines them into one record per step (:mod:`lossprobe.backends.tf_dist`).
+
+Limits: Keras 3 only (not legacy ``tf_keras``); under a strategy with several replicas,
+``model.fit`` only (``observe`` is ignored, with a warning), and with several workers each
+worker's records hold its own replicas' loss and batch (gradient norms are global); in a
+custom loop, attach before the first call of your compiled step (a ``tf.function`` traced
+earlier holds no probe ops), and after
 ``detach`` a step function traced while attached still carries the (now orphaned) probe
 ops until you re-create it. Keras-managed functions (``fit``) are re-traced clean.
 """
@@ -425,6 +430,9 @@ class KerasBackend(CaptureGuard):
             return False
         if not self.replicas.can_create_state():
             return False   # a replica's step is being traced: the next fit arms (once the model is built)
+        if self.replicas.world > 1:
+            self._warn("workers", f"{self.replicas.world} workers: each worker's records combine its own "
+                       "replicas only (loss, batch, activations); gradient norms are the global gradient's")
         self.columns = Columns(self.layout)
         self.K = self.columns.width
         self._sample_plan()

@@ -31,6 +31,18 @@ Example::
     probe.detach()
 
 With the default (no) strategy every call here is a plain single-device one.
+
+``MultiWorkerMirroredStrategy``: the chief (task "chief", else worker 0) is rank 0 and
+the only publisher; the others keep no sink. There is no cross-worker exchange: each
+worker combines its own replicas, so its loss and batch size are those of its shard,
+while gradient norms (read after the all-reduce) are global. With one worker this is
+exact. (Two local workers could not be tried end to end: on TF 2.21 / Keras 3.15,
+``model.fit`` under a two-worker strategy fails before the first step, without lossprobe,
+in Keras' ``_maybe_symbolic_build``: ``strategy.reduce("MEAN", batch)`` raises
+"Attempt to convert a value (PerReplica:...) with an unsupported type".)
+
+Keras adds regularisation losses unscaled by 1/N; the recorded loss of a model with
+regularisers is then Keras' own (``fit``'s ``loss`` log), which counts them N times.
 """
 from __future__ import annotations
 
