@@ -44,9 +44,14 @@ reads. Validation loss comes from fit's epoch logs (already on the host) or ``ob
 Activation statistics come from the wrapped layer ``call``s, i.e. from the tensors the
 training step computes anyway: no sub-model and no second forward pass.
 
-Limits: Keras 3 only (not legacy ``tf_keras``); no distribution strategy with several
-replicas (the probe stays off and says so); in a custom loop, attach before the first call
-of your compiled step (a ``tf.function`` traced earlier holds no probe ops), and after
+Under ``tf.distribute.MirroredStrategy`` each replica keeps its own ring and the flush
+combines them into one record per step (:mod:`lossprobe.backends.tf_dist`).
+
+Limits: Keras 3 only (not legacy ``tf_keras``); under a strategy with several replicas,
+``model.fit`` only (``observe`` is ignored, with a warning), and with several workers each
+worker's records hold its own replicas' loss and batch (gradient norms are global); in a
+custom loop, attach before the first call of your compiled step (a ``tf.function`` traced
+earlier holds no probe ops), and after
 ``detach`` a step function traced while attached still carries the (now orphaned) probe
 ops until you re-create it. Keras-managed functions (``fit``) are re-traced clean.
 """
@@ -55,6 +60,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import threading
 import weakref
 from typing import Any
 
@@ -63,11 +69,12 @@ import tensorflow as tf
 import keras
 
 from .base import CaptureGuard, claim
+from .tf_dist import Replicas
 from ..capture import stats
 from ..capture.buffer import Columns
 from ..capture.facts import FactSheet
 from ..capture.ops import first_tensor, ops_for
-from ..capture.spec import MISSING, is_sampled, update_sample_index
+from ..capture.spec import MISSING, UNMEASURED, is_sampled, update_sample_index
 from ..record import Flush, Layout, StepRecord
 
 _ATTACHED: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
@@ -196,6 +203,18 @@ def _argument(args, kwargs, name: str, at: int, default=None):
     return args[at] if len(args) > at else default
 
 
+class _Tracing(threading.local):
+    """What the wrappers know while a step is being traced, per thread: a distribution
+    strategy traces each replica's step in a thread of its own, interleaved with the others
+    at its synchronisation points, so each replica queues its own statistics."""
+
+    def __init__(self):
+        self.in_train_step = 0        # depth of train_step calls
+        self.fwd_training = False     # inside a training forward pass
+        self.now: dict[int, Any] = {}                # this step's queued columns
+        self.later: list[tuple[int, int, Any]] = []  # ... computed on sampled steps only
+
+
 class _FitCallback(keras.callbacks.Callback):
     """Added to ``fit`` by the wrapped ``model.fit``: arms the graph, reads the ring.
 
@@ -244,8 +263,7 @@ class KerasBackend(CaptureGuard):
         self._patched_opts: set[int] = set()
         self._disabled: set[str] = set()
         self._armed = False
-        self._in_train_step = 0
-        self._fwd_training: bool = False
+        self._tracing = _Tracing()
         self._in_fit = False
         self._own_train_fn = None
         self._flushed = 0                  # first step not yet read
@@ -256,15 +274,16 @@ class KerasBackend(CaptureGuard):
         self._bn_eval: set[int] = set()
         self._graph_observe_warned = False
         self._detached = False
-        self._now: dict[int, Any] = {}     # this step's queued columns (while tracing)
-        self._later: list[tuple[int, int, Any]] = []
+        self.replicas = Replicas.of(model)
+        self._reduced_grads = False        # gradient norms come from the optimizer's all-reduce
         # activation layers are known before the model is built
         acts = [(layer, _layer_kind(layer)) for layer in self._layers()]
         acts = [(layer, kind) for layer, kind in acts if kind]
         self._act_layers = [l for l, _ in acts]
         self._kinds = [k for _, k in acts]
         self.layout = Layout(framework="tensorflow", activations=[self._layer_name(l) for l, _ in acts],
-                             kinds=self._kinds, activation_types=[type(l).__name__ for l, _ in acts])
+                             kinds=self._kinds, activation_types=[type(l).__name__ for l, _ in acts],
+                             rank=self.replicas.rank, world_size=self.replicas.world)
         self._layout_unsent = False   # a layout completed after attach travels with the next flush
         self._bn_idx = [j for j, (_, k) in enumerate(acts) if k == "batchnorm"]
         self.facts = FactSheet(dropout_rates=tuple(
@@ -299,11 +318,14 @@ class KerasBackend(CaptureGuard):
             return False
         self._vars = variables
         self._var_idx = {id(v): i for i, v in enumerate(variables)}
+        # the optimizer's all-reduce sees the tf.Variables behind Keras' variables
+        self._var_idx.update({id(getattr(v, "value", v)): i for i, v in enumerate(variables)})
         shapes = [tuple(int(d or 0) for d in v.shape) for v in variables]
         self.layout = Layout(framework="tensorflow", activations=self.layout.activations, kinds=self._kinds,
                              activation_types=self.layout.activation_types, params=[str(getattr(v, "path", None) or v.name) for v in variables],
                              param_sizes=[int(np.prod(s)) if s else 1 for s in shapes],
-                             is_weight=[len(s) >= 2 for s in shapes])
+                             is_weight=[len(s) >= 2 for s in shapes], rank=self.layout.rank,
+                             world_size=self.layout.world_size)
         self._layout_unsent = self.channel is not None   # attach has handed out the one without params
         self.weight_idx = [i for i, s in enumerate(shapes) if len(s) >= 2] or list(range(len(shapes)))
         self._learn_output_layer()
@@ -387,6 +409,16 @@ class KerasBackend(CaptureGuard):
             return
         self._patched_opts.add(id(opt))
         self._patch(opt, "apply", functools.partial(self._wrap_apply, opt))
+        if self.replicas.distributed:
+            self._reduced_grads = False
+            # a loss-scale optimizer hands its unscaled gradients to the optimizer it wraps
+            inner = getattr(opt, "inner_optimizer", opt)
+            if callable(getattr(inner, "_all_reduce_sum_gradients", None)):
+                self._patch(inner, "_all_reduce_sum_gradients", self._wrap_all_reduce)
+                self._reduced_grads = True
+            else:
+                self._warn("all-reduce", f"{type(inner).__name__} has no _all_reduce_sum_gradients: gradient "
+                           "norms under the distribution strategy are unmeasured")
 
     def _arm(self) -> bool:
         """Create the device buffers (needs the trainable variables). Idempotent."""
@@ -396,21 +428,21 @@ class KerasBackend(CaptureGuard):
             return False
         if not self.layout.params and not self._build_layout():
             return False
-        replicas = int(getattr(getattr(self.model, "distribute_strategy", None), "num_replicas_in_sync", 1) or 1)
-        if replicas > 1:
-            raise NotImplementedError(f"lossprobe: training under a distribution strategy with {replicas} "
-                                      "replicas is not supported yet; the probe stays off")
+        if not self.replicas.can_create_state():
+            return False   # a replica's step is being traced: the next fit arms (once the model is built)
+        if self.replicas.world > 1:
+            self._warn("workers", f"{self.replicas.world} workers: each worker's records combine its own "
+                       "replicas only (loss, batch, activations); gradient norms are the global gradient's")
         self.columns = Columns(self.layout)
         self.K = self.columns.width
         self._sample_plan()
-        with tf.init_scope():
-            self.R = int(self.cfg.flush_every) + 9   # room for one execution of 1 step past the flush point
-            self.buf = tf.Variable(tf.fill([self.R, self.K], math.nan), trainable=False, name="lossprobe_ring")
-            self.step_var = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="lossprobe_step")
-            self.shadow = tf.Variable(tf.zeros([max(1, self._shadow_len)]), trainable=False, name="lossprobe_shadow")
-            self.shadow_norms = tf.Variable(tf.zeros([max(1, self.layout.n_params)]), trainable=False,
-                                            name="lossprobe_shadow_norms")
-            self.shadow_step = tf.Variable(tf.constant(-1, tf.int64), trainable=False, name="lossprobe_shadow_step")
+        state = self.replicas.state_var   # one copy per replica under a distribution strategy
+        self.R = int(self.cfg.flush_every) + 9   # room for one execution of 1 step past the flush point
+        self.buf = state(lambda: tf.fill([self.R, self.K], math.nan), "lossprobe_ring")
+        self.step_var = state(lambda: tf.constant(0, tf.int64), "lossprobe_step")
+        self.shadow = state(lambda: tf.zeros([max(1, self._shadow_len)]), "lossprobe_shadow")
+        self.shadow_norms = state(lambda: tf.zeros([max(1, self.layout.n_params)]), "lossprobe_shadow_norms")
+        self.shadow_step = state(lambda: tf.constant(-1, tf.int64), "lossprobe_shadow_step")
         if tf.executing_eagerly():   # step 0 is sampled: the weights before its update are these (armed
             self._safe("updates", self._snap, 0)   # while tracing an unbuilt model's step: not readable yet)
         self._observe_fn = tf.function(self._observe_graph, reduce_retracing=True)
@@ -423,9 +455,8 @@ class KerasBackend(CaptureGuard):
         need = int(self.cfg.flush_every) + max(1, spe) + 8
         if need > self.R:
             self.flush()
-            with tf.init_scope():
-                self.R = need
-                self.buf = tf.Variable(tf.fill([self.R, self.K], math.nan), trainable=False, name="lossprobe_ring")
+            self.R = need
+            self.buf = self.replicas.state_var(lambda: tf.fill([self.R, self.K], math.nan), "lossprobe_ring")
             self._observe_opt = _STALE  # functions traced against the old ring must be rebuilt
             self._own_train_fn = None
 
@@ -455,7 +486,7 @@ class KerasBackend(CaptureGuard):
             return None
 
     def _recording(self) -> bool:
-        return self._armed and self._fwd_training and "capture" not in self._disabled
+        return self._armed and self._tracing.fwd_training and "capture" not in self._disabled
 
     # -- wrappers (their bodies run while Keras traces the step) --------------------------
     def _wrap_model_call(self, orig):
@@ -465,26 +496,26 @@ class KerasBackend(CaptureGuard):
             rec = False
             if not _symbolic((args, kwargs)):
                 if training is None:
-                    rec = bool(self._in_train_step) or _tape_active()
+                    rec = bool(self._tracing.in_train_step) or _tape_active()
                 else:
                     rec = bool(training) and not isinstance(training, tf.Tensor)
             if rec and not self._armed:
                 self._safe("arm", self._arm)
-            outer = self._fwd_training
-            self._fwd_training = rec
+            outer = self._tracing.fwd_training
+            self._tracing.fwd_training = rec
             try:
-                if rec and self._armed and not outer and not self._in_train_step:
-                    self._now, self._later = {}, []   # custom loop: a fresh forward pass
+                if rec and self._armed and not outer and not self._tracing.in_train_step:
+                    self._tracing.now, self._tracing.later = {}, []   # custom loop: a fresh forward pass
                 if rec and self._armed and self.cfg.capture_inputs:
                     self._safe("inputs", self._input_stats, args, kwargs)
                 out = orig(*args, **kwargs)
                 if rec and self._armed and self.cfg.capture_outputs:
                     self._safe("outputs", self._output_stats, out)
-                if rec and self._armed and not outer and not self._in_train_step:
+                if rec and self._armed and not outer and not self._tracing.in_train_step:
                     self._safe("emit", self._emit, False)
                 return out
             finally:
-                self._fwd_training = outer
+                self._tracing.fwd_training = outer
         return call
 
     def _wrap_layer_call(self, orig, j: int):
@@ -501,13 +532,13 @@ class KerasBackend(CaptureGuard):
     def _wrap_train_step(self, orig):
         @functools.wraps(orig)
         def train_step(*args, **kwargs):
-            if not self._in_train_step:
-                self._now, self._later = {}, []
-            self._in_train_step += 1
+            if not self._tracing.in_train_step:
+                self._tracing.now, self._tracing.later = {}, []
+            self._tracing.in_train_step += 1
             try:
                 return orig(*args, **kwargs)
             finally:
-                self._in_train_step -= 1
+                self._tracing.in_train_step -= 1
         return train_step
 
     def _wrap_compute_loss(self, orig):
@@ -517,8 +548,8 @@ class KerasBackend(CaptureGuard):
         @functools.wraps(orig)
         def compute_loss(*args, **kwargs):
             loss = orig(*args, **kwargs)
-            if self._in_train_step and self._armed and _argument(args, kwargs, "training", at_training, True) is not False:
-                self._safe("loss", self._loss_stats, loss, _argument(args, kwargs, "y", at_y),
+            if self._tracing.in_train_step and self._armed and _argument(args, kwargs, "training", at_training, True) is not False:
+                self._safe("loss", self._loss_stats, self.replicas.unscale_loss(loss), _argument(args, kwargs, "y", at_y),
                            _argument(args, kwargs, "y_pred", at_pred))
             return loss
         return compute_loss
@@ -526,19 +557,34 @@ class KerasBackend(CaptureGuard):
     def _wrap_apply(self, opt, orig):
         @functools.wraps(orig)
         def apply(grads, trainable_variables=None):
-            active = bool(self._in_train_step) and self._armed
+            active = bool(self._tracing.in_train_step) and self._armed
             grads = list(grads)
             if active:
                 variables = list(trainable_variables) if trainable_variables is not None else \
                     list(getattr(opt, "_trainable_variables", []))
                 held = {id(v) for v in variables}
                 self.facts.learn(in_optimizer=tuple(id(v) in held for v in self._vars))
-                self._safe("gradients", self._grad_stats, grads, variables, opt, True)
+                if not self.replicas.distributed:
+                    self._safe("gradients", self._grad_stats, grads, variables, opt, True)
+                elif not self._reduced_grads:   # else measured after the optimizer's all-reduce
+                    self._safe("gradients", self._unmeasured_grads, opt)
             out = orig(grads, trainable_variables)
             if active:
                 self._safe("step", self._close_step)
             return out
         return apply
+
+    def _wrap_all_reduce(self, orig):
+        """Keras' optimizer sums the replicas' gradients here: the norms are those of the sums."""
+        @functools.wraps(orig)
+        def all_reduce(grads_and_vars):
+            reduced = orig(grads_and_vars)
+            if self._tracing.in_train_step and self._armed:
+                reduced = list(reduced)
+                self._safe("gradients", self._grad_stats, [g for g, _ in reduced], [v for _, v in reduced],
+                           self.optimizer)
+            return reduced
+        return all_reduce
 
     def _wrap_fit(self, orig):
         at = _position(type(self.model).fit, "callbacks", 5)
@@ -622,12 +668,12 @@ class KerasBackend(CaptureGuard):
 
     def _put(self, name: str, vals, j: int | None = None) -> None:
         """Queue values for statistic ``name``'s columns of this step's row (written by ``_emit``)."""
-        self._now[int(self.columns.span(name, j)[0])] = tf.reshape(tf.cast(vals, tf.float32), [-1])
+        self._tracing.now[int(self.columns.span(name, j)[0])] = tf.reshape(tf.cast(vals, tf.float32), [-1])
 
     def _put_sampled(self, name: str, fn, j: int | None = None) -> None:
         """Queue ``fn()``, computed only on sampled steps (else nan)."""
         cols = self.columns.span(name, j)
-        self._later.append((int(cols[0]), len(cols), fn))
+        self._tracing.later.append((int(cols[0]), len(cols), fn))
 
     def _emit(self, full_row: bool) -> None:
         """Write everything queued in one scatter, the sampled part under one ``tf.cond``.
@@ -636,8 +682,8 @@ class KerasBackend(CaptureGuard):
         traced into one graph), so the row is written whole and needs no clearing. Otherwise
         (a custom loop's forward pass, traced apart from ``observe``) only the queued
         columns are written into a row cleared at the previous step's end."""
-        now, later = self._now, self._later
-        self._now, self._later = {}, []
+        now, later = self._tracing.now, self._tracing.later
+        self._tracing.now, self._tracing.later = {}, []
         pieces = dict(now)
         if later:
             total = sum(n for _, n, _ in later)
@@ -661,11 +707,11 @@ class KerasBackend(CaptureGuard):
                 at = col + int(pieces[col].shape[0])
             if at < self.K:
                 parts.append(tf.fill([self.K - at], math.nan))
-            self.buf.scatter_update(tf.IndexedSlices(tf.concat(parts, 0)[None], row[None]))
+            self.replicas.local(self.buf).scatter_update(tf.IndexedSlices(tf.concat(parts, 0)[None], row[None]))
         else:
             cols = np.concatenate([np.arange(c, c + int(v.shape[0])) for c, v in pieces.items()]).astype(np.int32)
             idx = tf.stack([tf.fill([cols.size], row), tf.constant(cols)], axis=1)
-            self.buf.scatter_nd_update(idx, tf.concat(list(pieces.values()), 0))
+            self.replicas.local(self.buf).scatter_nd_update(idx, tf.concat(list(pieces.values()), 0))
 
     def _input_stats(self, args, kwargs) -> None:
         x = first_tensor(self.ops, (args, kwargs))
@@ -737,6 +783,10 @@ class KerasBackend(CaptureGuard):
         self._put("grad", tf.stack(norms))
         self._put_lr(opt)
 
+    def _unmeasured_grads(self, opt) -> None:
+        self._put("grad", tf.fill([self.layout.n_params], UNMEASURED))
+        self._put_lr(opt)
+
     def _var_idx_by_path(self, v):
         path = str(getattr(v, "path", None) or getattr(v, "name", ""))
         try:
@@ -767,13 +817,14 @@ class KerasBackend(CaptureGuard):
         if "updates" not in self._disabled:
             self._put_sampled("param_norm", self._sampled_norms)
             self._put_sampled("update", self._sampled_updates)
-        self._safe("emit", self._emit, bool(self._in_train_step))
+        self._safe("emit", self._emit, bool(self._tracing.in_train_step))
         # before a sampled step's update: its parameter norms and weight samples
         self._safe("updates", lambda: tf.cond(self._sampled(1), lambda: self._snap(self.step_var + 1),
                                               lambda: tf.constant(0)))
         self.step_var.assign_add(1)
-        if not self._in_train_step:  # custom loop: the next forward writes part of a row
-            self.buf.scatter_update(tf.IndexedSlices(tf.fill([1, self.K], math.nan), self._row()[None]))
+        if not self._tracing.in_train_step:  # custom loop: the next forward writes part of a row
+            self.replicas.local(self.buf).scatter_update(
+                tf.IndexedSlices(tf.fill([1, self.K], math.nan), self._row()[None]))
 
     def _snap(self, step):
         """Copy the parameter norms and the weight samples; they belong to sampled step ``step``."""
@@ -808,6 +859,10 @@ class KerasBackend(CaptureGuard):
             self._warn("observe-fit", "observe(loss/gradients) during model.fit is "
                        "ignored: fit's loss and gradients are captured already")
             return
+        if self.replicas.distributed:
+            self._warn("observe-replicas", f"observe(loss/gradients) under a distribution strategy with "
+                       f"{self.replicas.in_sync} replicas is not supported (model.fit is): ignored")
+            return
         if not self._armed and not self._arm():
             return
         grads = None
@@ -839,7 +894,7 @@ class KerasBackend(CaptureGuard):
 
     def _observe_graph(self, loss, targets, grads) -> None:
         opt = self._observe_opt
-        self._now, self._later = {}, []
+        self._tracing.now, self._tracing.later = {}, []
         if loss is not None:
             self._safe("loss", self._loss_stats, loss, None, None)
         if targets is not None:
@@ -852,8 +907,9 @@ class KerasBackend(CaptureGuard):
 
     # -- flush: the one host read -----------------------------------------------------------------
     def _pack(self, extra):
-        return tf.concat([tf.reshape(tf.cast(self.buf, tf.float64), [-1]),
-                          tf.cast(self.step_var, tf.float64)[None], tf.cast(extra, tf.float64)], 0)
+        """Every local replica's ring, the step counter and ``extra``, as one flat tensor."""
+        rings = [tf.reshape(tf.cast(ring, tf.float64), [-1]) for ring in self.replicas.copies(self.buf)]
+        return tf.concat(rings + [tf.cast(self.step_var, tf.float64)[None], tf.cast(extra, tf.float64)], 0)
 
     def flush(self) -> None:
         vals, self._val_pending = self._val_pending, []
@@ -868,15 +924,15 @@ class KerasBackend(CaptureGuard):
         extra_t = tf.stack(extra) if extra else tf.zeros([0], tf.float64)
         host = self._pack(extra_t).numpy()   # the single device->host copy of this flush
         self.n_host_reads += 1
-        rk = self.R * self.K
-        ring = host[:rk].reshape(self.R, self.K)
+        rk = self.R * self.K * len(self.replicas.copies(self.buf))
+        rings = host[:rk].reshape(-1, self.R, self.K)   # [replica, row, column]
         now = int(host[rk])
         val_host = host[rk + 1:]
         start = max(self._flushed, now - self.R + 1)
         if start > self._flushed:
             self._warn("ring", f"{start - self._flushed} steps were overwritten before "
                        "they were read (raise flush_every's ring or flush more often)")
-        records = [self._decode(s, ring[s % self.R]) for s in range(start, now)]
+        records = [self._decode(s, self.columns.combine(rings[:, s % self.R])) for s in range(start, now)]
         self._flushed = now
         self._epoch_base += now - self._host_steps   # the host's step estimate, corrected
         self._host_steps = now

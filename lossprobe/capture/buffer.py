@@ -24,7 +24,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..record import Layout, StepRecord
-from .spec import MISSING, PER_ACTIVATION, PER_PARAM, STATS, UNMEASURED
+from .spec import MAX, MEAN, MIN, MISSING, PER_ACTIVATION, PER_PARAM, STATS, SUM, UNMEASURED, combine
+
+# how replicas' values of one column become one value (capture.spec's rank combine); a NaN
+# in any replica's value stays NaN (a non-finite loss on one replica is the step's)
+_ELEMENTWISE = (MEAN, SUM, MAX, MIN)   # rank combines a replica row's columns use one by one
 
 
 class Columns:
@@ -50,6 +54,7 @@ class Columns:
             at += n
         self._scalar_cols = np.array(scalar_cols, dtype=np.int64)
         self.width = at
+        self._combine = self._combine_plan()
         self._cols: dict[tuple[str, int | None], np.ndarray] = {}
 
     def span(self, name: str, j: int | None = None) -> np.ndarray:
@@ -73,6 +78,34 @@ class Columns:
             if name in stat.field_names and stat.per not in (PER_PARAM, PER_ACTIVATION):
                 return self._spans[stat.name][0] + stat.field_names.index(name)
         raise KeyError(name)
+
+    def _combine_plan(self) -> list[tuple[str, np.ndarray]]:
+        """(rank combine, columns) for every scalar field whose ranks combine (LOCAL ones stay)."""
+        by_kind: dict[str, list[int]] = {}
+        for stat in STATS.values():
+            if stat.per in (PER_PARAM, PER_ACTIVATION):
+                continue   # per-parameter and per-activation statistics are LOCAL
+            a = self._spans[stat.name][0]
+            for k, (_, how) in enumerate(stat.fields):
+                if how in _ELEMENTWISE:
+                    by_kind.setdefault(how, []).append(a + k)
+        return [(how, np.array(cols, dtype=np.int64)) for how, cols in by_kind.items()]
+
+    def combine(self, rows: np.ndarray) -> np.ndarray:
+        """One row from the rows of the same step on several replicas (``rows[0]``: the
+        publishing replica's), each column as :data:`~lossprobe.capture.spec.RANK_COMBINE`
+        says; LOCAL columns keep ``rows[0]``'s values.
+
+        Example::
+
+            cols.combine(np.stack([row_replica0, row_replica1]))   # loss: mean, batch: sum, ...
+        """
+        rows = np.asarray(rows, dtype=float)
+        out = rows[0].copy()
+        if len(rows) > 1:
+            for how, cols in self._combine:
+                out[cols] = combine(how, rows[:, cols])
+        return out
 
     def empty_row(self) -> np.ndarray:
         return np.full(self.width, np.nan)

@@ -11,6 +11,9 @@ import tensorflow as tf  # noqa: E402
 # (Must be set before TensorFlow runs its first op.)
 tf.config.threading.set_intra_op_parallelism_threads(1)
 tf.config.threading.set_inter_op_parallelism_threads(1)
+# Two logical CPU devices, for the MirroredStrategy tests (ops without a strategy use the first).
+_cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 
 @pytest.fixture(autouse=True)
