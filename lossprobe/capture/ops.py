@@ -61,6 +61,7 @@ class Ops:
     def amin(self, t, axis=None): raise NotImplementedError
     def mean(self, t, axis=None): raise NotImplementedError
     def sum(self, t, axis=None): raise NotImplementedError
+    def total(self, t): raise NotImplementedError                # float32 sum of every element, no full-size temporary
     def copy(self, t): raise NotImplementedError                 # a snapshot that later in-place updates leave alone
     def dim0(self, t): raise NotImplementedError                 # float32 scalar: the first dimension
     def clamp_min(self, t, low: float): raise NotImplementedError
@@ -144,6 +145,9 @@ class TorchOps(Ops):
 
     def sum(self, t, axis=None):
         return t.sum() if axis is None else t.sum(dim=axis)
+
+    def total(self, t):
+        return t.detach().sum(dtype=self.torch.float32)
 
     def copy(self, t):
         return t.clone()
@@ -266,6 +270,9 @@ class PaddleOps(Ops):
     def sum(self, t, axis=None):
         return t.sum() if axis is None else t.sum(axis=axis)
 
+    def total(self, t):
+        return self.paddle.sum(t.detach(), dtype="float32")
+
     def copy(self, t):
         return t.clone()
 
@@ -374,6 +381,9 @@ class TensorflowOps(Ops):
     def sum(self, t, axis=None):
         return self.tf.reduce_sum(t, axis=axis)
 
+    def total(self, t):
+        return self.tf.reduce_sum(self.tf.cast(t, self.tf.float32))
+
     def copy(self, t):
         return self.tf.identity(t)
 
@@ -443,6 +453,12 @@ def first_tensor(ops: Ops, obj: Any):
     value; a sequence (or a dataclass output): its first tensor. None when there is none."""
     if ops.is_tensor(obj):
         return obj
+    if type(obj) in (tuple, list):   # the common case first: positional args, a plain tuple output
+        for v in obj:
+            t = first_tensor(ops, v)
+            if t is not None:
+                return t
+        return None
     if isinstance(obj, Mapping) or (hasattr(obj, "keys") and hasattr(obj, "values")):
         for key in ("logits", "output", "out", "y_pred"):
             try:
