@@ -114,12 +114,8 @@ def loss_trend(h, cfg, min_points: int | None = None) -> Trend | None:
     """Trend of the last ``curve_window`` measured, finite losses; None during warm-up
     (fewer than ``min_points`` losses, default ``warmup_steps``). Memoised per history
     state: several rules ask for it in one evaluation."""
-    key = (h.n_steps, h.last_step, min_points, cfg.curve_window, cfg.warmup_steps)
-    cache = h.__dict__.setdefault("_trend_cache", {})
-    if key not in cache:
-        cache.clear() if len(cache) > 8 else None
-        cache[key] = _loss_trend(h, cfg, min_points)
-    return cache[key]
+    return h.memo(("loss_trend", min_points, cfg.curve_window, cfg.warmup_steps),
+                  lambda: _loss_trend(h, cfg, min_points))
 
 
 def _loss_trend(h, cfg, min_points):

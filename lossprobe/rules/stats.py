@@ -1,6 +1,8 @@
 """Robust, scale-free statistics the curve rules share (numpy only)."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 MAD_TO_SIGMA = 1.4826  # MAD of a normal sample times this estimates its standard deviation
@@ -18,6 +20,14 @@ def robust_sigma(x: np.ndarray) -> float:
     return float(MAD_TO_SIGMA * np.median(np.abs(x - np.median(x))))
 
 
+@functools.lru_cache(maxsize=8)
+def _pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs i < j of n points (the rules ask for the same few n on every evaluation)."""
+    i, j = np.triu_indices(n, 1)
+    i.flags.writeable = j.flags.writeable = False
+    return i, j
+
+
 def theil_sen(t: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Median of pairwise slopes and a robust z-score of it (slope / its standard error).
 
@@ -30,7 +40,7 @@ def theil_sen(t: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     n = t.size
     if n < 4:
         return 0.0, 0.0
-    i, j = np.triu_indices(n, 1)
+    i, j = _pairs(n)
     dt = t[j] - t[i]
     keep = dt != 0
     if not keep.any():
@@ -44,6 +54,18 @@ def theil_sen(t: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     se = sigma / (spread_t * np.sqrt(n)) if sigma > 0 else 0.0
     z = slope / se if se > 0 else (np.inf * np.sign(slope) if slope else 0.0)
     return slope, float(z)
+
+
+def row_nanmedian(m: np.ndarray) -> np.ndarray:
+    """The median of each row's non-NaN values (NaN for a row without any): what
+    ``np.nanmedian(m, axis=1)`` gives, without its per-row masked-array path."""
+    s = np.sort(m, axis=1)                        # NaNs sort last
+    k = np.sum(~np.isnan(s), axis=1)
+    rows = np.arange(s.shape[0])
+    lo, hi = s[rows, np.maximum(k - 1, 0) // 2], s[rows, k // 2]
+    out = (lo + hi) / 2
+    out[k == 0] = np.nan
+    return out
 
 
 def thirds(y: np.ndarray) -> tuple[float, float]:
