@@ -8,6 +8,23 @@ import numpy as np
 MAD_TO_SIGMA = 1.4826  # MAD of a normal sample times this estimates its standard deviation
 
 
+def median(x: np.ndarray) -> float:
+    """``np.median`` of a 1-D array (NaN when it holds a NaN or nothing), computed the same
+    way -- one partition, the mean of the two middle values -- without its generic-axis
+    machinery, which costs five times the work on the short series the rules read."""
+    n = x.size
+    if n == 0:
+        return float("nan")
+    k = n // 2
+    if n % 2:
+        part = np.partition(x, (k, n - 1))     # the last slot gets the largest (NaN sorts last)
+        m = part[k]
+    else:
+        part = np.partition(x, (k - 1, k, n - 1))
+        m = (part[k - 1] + part[k]) / 2
+    return float("nan") if np.isnan(part[-1]) else float(m)
+
+
 def finite(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=float)
     return x[np.isfinite(x)]
@@ -17,7 +34,7 @@ def robust_sigma(x: np.ndarray) -> float:
     x = finite(x)
     if x.size < 2:
         return 0.0
-    return float(MAD_TO_SIGMA * np.median(np.abs(x - np.median(x))))
+    return float(MAD_TO_SIGMA * median(np.abs(x - median(x))))
 
 
 @functools.lru_cache(maxsize=8)
@@ -45,9 +62,9 @@ def theil_sen(t: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     keep = dt != 0
     if not keep.any():
         return 0.0, 0.0
-    slope = float(np.median((y[j] - y[i])[keep] / dt[keep]))
+    slope = median((y[j] - y[i])[keep] / dt[keep])
     resid = y - slope * t
-    sigma = robust_sigma(resid - np.median(resid))
+    sigma = robust_sigma(resid - median(resid))
     spread_t = float(np.std(t))
     if spread_t == 0:
         return slope, 0.0
@@ -72,7 +89,7 @@ def thirds(y: np.ndarray) -> tuple[float, float]:
     """Median of the first and of the last third of a series."""
     y = finite(y)
     k = max(1, y.size // 3)
-    return float(np.median(y[:k])), float(np.median(y[-k:]))
+    return median(y[:k]), median(y[-k:])
 
 
 def longest_run(flags) -> tuple[int, int]:

@@ -2,6 +2,7 @@
 import warnings
 
 import numpy as np
+import pytest
 
 from lossprobe.history import History
 from lossprobe.record import Layout, StepRecord
@@ -41,3 +42,15 @@ def test_memo_is_dropped_when_the_history_changes():
     assert h.memo("k", compute) == 2 and calls == [1, 2]
     h.add_val(1, 0.95)
     assert h.memo("k", compute) == 2 and calls == [1, 2, 2]
+
+
+def test_median_is_numpys_median():
+    from lossprobe.rules.stats import median
+    rng = np.random.default_rng(1)
+    for _ in range(500):
+        a = rng.standard_normal(int(rng.integers(1, 60))) * 10 ** rng.uniform(-5, 5)
+        if rng.random() < 0.2:
+            a[rng.integers(0, a.size)] = np.nan
+        want, got = float(np.median(a)), median(a)
+        assert (np.isnan(want) and np.isnan(got)) or got == pytest.approx(want, rel=1e-15)
+    assert np.isnan(median(np.array([])))
