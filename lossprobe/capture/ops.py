@@ -202,6 +202,12 @@ class TorchOps(Ops):
 
     def stack(self, scalars):
         f32 = self.torch.float32
+        try:   # the usual case, 0-d float32 values (gradient norms, losses): one call
+            out = self.torch.stack(list(scalars))
+            if out.dim() == 1:
+                return out if out.dtype == f32 else out.to(f32)
+        except (RuntimeError, TypeError):   # mixed shapes or devices: each made a float32 scalar
+            pass
         return self.torch.stack([s if s.dtype == f32 and s.dim() == 0 else s.reshape(()).to(f32) for s in scalars])
 
     def cat(self, vectors):
