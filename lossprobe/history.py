@@ -37,18 +37,27 @@ class _Ring:
         self.data = np.full((capacity, *row_shape), np.nan if dtype is float else 0, dtype=dtype)
         self.capacity = capacity
         self.count = 0  # total rows ever appended
+        self._view: np.ndarray | None = None
+        self._view_count = -1
 
     def append(self, row) -> None:
         self.data[self.count % self.capacity] = row
         self.count += 1
 
     def view(self) -> np.ndarray:
-        """Rows oldest first (a copy when the ring has wrapped)."""
+        """Rows oldest first, read-only (a copy when the ring has wrapped, made once per
+        append: the rules of one evaluation read the same series many times)."""
+        if self._view is not None and self._view_count == self.count:
+            return self._view
         n = min(self.count, self.capacity)
         if self.count <= self.capacity:
-            return self.data[:n]
-        start = self.count % self.capacity
-        return np.concatenate([self.data[start:], self.data[:start]])
+            v = self.data[:n]
+        else:
+            start = self.count % self.capacity
+            v = np.concatenate([self.data[start:], self.data[:start]])
+        v.flags.writeable = False
+        self._view, self._view_count = v, self.count
+        return v
 
 
 class _Sketch:
@@ -97,9 +106,11 @@ class History:
         self.min_loss = math.inf
         self.ever_had_grad = np.zeros(n_p, bool)
         self.first_param_norms = np.full(n_p, np.nan)
+        self._memo: dict = {}   # what several rules of one evaluation compute alike (see memo)
 
     # -- writing ---------------------------------------------------------
     def append(self, rec: StepRecord) -> None:
+        self._memo.clear()
         self._steps.append(rec.step)
         for name in SCALAR_FIELDS:
             self._scalars[name].append(getattr(rec, name))
@@ -140,11 +151,21 @@ class History:
 
     def set_facts(self, facts: Facts) -> None:
         """The latest facts a backend sent (the newest wins)."""
+        self._memo.clear()
         self.facts = facts
 
     def add_val(self, step: int, val_loss: float) -> None:
         """Record one validation loss measured at training step ``step``."""
+        self._memo.clear()
         self._val_sketch.append(step, float(val_loss))
+
+    def memo(self, key, compute):
+        """``compute()``, computed once while the history stays as it is: several rules of one
+        evaluation ask for the same trend of the same window. ``key`` must name everything
+        the result depends on besides the history (the config values it reads)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     # -- reading ---------------------------------------------------------
     def steps(self) -> np.ndarray:

@@ -155,25 +155,28 @@ class _Hooks:
                 GradScaler.scale = self.original_scale
 
     # -- dispatch --
+    # These run on every module call in the process: the cheap tests come first, and
+    # is_compiling() (nothing of the probe inside a compiled graph) only before real work.
     def pre(self, module, args):
-        if torch.compiler.is_compiling():  # nothing of the probe inside a compiled graph
-            return None
         for b, role, _ in self.roles.get(id(module), ()):
-            if role == "root":
+            if role == "root" and not torch.compiler.is_compiling():
                 b._guarded("steps", b._root_pre)
         return None
 
     def post(self, module, args, kwargs, output):
-        if torch.compiler.is_compiling():
-            return None
         for b, role, arg in self.roles.get(id(module), ()):
             if role == "root":
-                b._guarded("outputs", b._root_post, args, kwargs, output)
+                if not torch.compiler.is_compiling():
+                    b._guarded("outputs", b._root_post, args, kwargs, output)
+            elif b._cur is None or not b._cur.sampled:
+                continue   # activations and producers are read on sampled steps only
+            elif torch.compiler.is_compiling():
+                return None
             elif role == "act":
                 b._guarded("activations", b._act_post, arg, output)
-            elif b._cur is not None and b._cur.sampled and isinstance(output, torch.Tensor):
+            elif isinstance(output, torch.Tensor):
                 b._guarded("outputs", b._note_producer, output, arg)   # which layer made the model's output
-        if isinstance(module, nn.modules.loss._Loss):
+        if isinstance(module, nn.modules.loss._Loss) and not torch.compiler.is_compiling():
             for b in self.backends:
                 b._guarded("loss", b._loss_module, module, args, output)
         return None
@@ -258,6 +261,7 @@ class TorchBackend(EagerCapture):
         super()._init_capture(layout, config, params, weight_idx, facts,
                               readable=[i for i, p in enumerate(params) if _readable(_local_shard(p))])
         self._shapes_checked: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()   # loss modules looked at
+        self._loss_facts: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
         self._foreign: list | None = None     # weakrefs: trainable tensors the forward uses that are not params
         self._last_out = None                 # weakref to the model's latest output (tells our loss from another model's)
         if optimizer is not None:
@@ -411,6 +415,15 @@ class TorchBackend(EagerCapture):
             self._add_val(output)   # validation: accumulated on the device, emitted at the next training step
             self.validation_losses_seen += 1
             return
+        cur = self._current()
+        facts = None
+        if module not in self._loss_facts or cur.sampled:   # looked at again on sampled steps only
+            facts = self._loss_facts[module] = self._facts_of_loss(module, args)
+        self._loss_output(cur, output, facts, args[1] if len(args) >= 2 else None)
+
+    def _facts_of_loss(self, module, args) -> dict:
+        """What a loss module tells: its kind, whether it takes logits, the activation in front
+        of it and (for a class-index loss) the number of classes."""
         kind = _kind_of(module, _LOSS_KINDS) or ""
         facts = {"loss_kind": kind, "loss_name": type(module).__name__, "loss_from_logits": _FROM_LOGITS.get(kind)}
         received = args[0] if args and isinstance(args[0], torch.Tensor) else None
@@ -418,7 +431,7 @@ class TorchBackend(EagerCapture):
             facts["loss_input_activation"] = output_activation(received.grad_fn, self._node_inputs)
             if kind in ("cross_entropy", "nll") and received.dim() >= 2:
                 facts["n_classes"] = int(received.shape[1])   # torch's class dimension: (N, C, ...)
-        self._loss_output(self._current(), output, facts, args[1] if len(args) >= 2 else None)
+        return facts
 
     def _check_broadcast(self, module, args) -> None:
         """An element-wise loss whose input and target broadcast (:func:`broadcast_note`): looked
@@ -498,7 +511,7 @@ class TorchBackend(EagerCapture):
         if cur.sampled or budget <= 0 or not grads:
             self._record_grads(cur, grads, idx, missing, unmeasured)
             return
-        views, scale = [], np.ones(len(grads))
+        views, scale = [], None
         blocks = max(1, min(self.GRAD_BLOCKS, budget))
         width = max(1, budget // blocks)
         for k, g in enumerate(grads):
@@ -507,6 +520,8 @@ class TorchBackend(EagerCapture):
                 # `blocks` contiguous runs of `width` elements spread evenly over the tensor:
                 # a few cache lines each, where a strided sample touches a line per element
                 views.append(g.as_strided((blocks, width), (n // blocks, 1), g.storage_offset()))
+                if scale is None:
+                    scale = np.ones(len(grads))
                 scale[k] = math.sqrt(n / (blocks * width))
             else:
                 views.append(g)

@@ -170,10 +170,10 @@ class StepValues:
         self.known: list[tuple[np.ndarray, np.ndarray]] = []
 
     def put(self, columns: np.ndarray, value: Any, scale: np.ndarray | None = None) -> None:
-        self.device.append((np.asarray(columns), value, scale))
+        self.device.append((columns if type(columns) is np.ndarray else np.asarray(columns), value, scale))
 
     def host(self, columns: np.ndarray, values) -> None:
-        self.known.append((np.asarray(columns), np.asarray(values, dtype=float)))
+        self.known.append((columns if type(columns) is np.ndarray else np.asarray(columns), values))
 
 
 def pack(ops, steps: Sequence[StepValues], extra: Sequence[Any] = ()) -> tuple[Any, list]:

@@ -205,9 +205,11 @@ class EagerCapture(CaptureGuard):
     def _backward_done(self, cur: Step) -> None:
         """A backward reached the model (subclasses: more to do then)."""
 
-    def _loss_output(self, cur: Step, loss, facts: dict, targets=None) -> None:
-        """A training loss a loss hook caught (a loss module/layer), with its facts and targets."""
-        self.facts.learn(**facts)
+    def _loss_output(self, cur: Step, loss, facts: dict | None, targets=None) -> None:
+        """A training loss a loss hook caught (a loss module/layer), with its facts (None:
+        nothing new since the last call) and targets."""
+        if facts:
+            self.facts.learn(**facts)
         self._record_loss(cur, loss, auto=True)
         self._loss_since_backward = True
         if targets is not None:

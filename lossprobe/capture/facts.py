@@ -16,6 +16,7 @@ from ..record import Facts
 
 # losses a classifier is trained with; a regression loss ("mse") means no classes
 _REGRESSION_KINDS = ("mse",)
+_DEFAULT = Facts()
 
 
 class FactSheet:
@@ -41,7 +42,7 @@ class FactSheet:
 
     def knows(self, name: str) -> bool:
         """Has ``name`` been learned (differs from its default)?"""
-        return getattr(self._facts, name) != getattr(Facts(), name)
+        return getattr(self._facts, name) != getattr(_DEFAULT, name)
 
     @property
     def facts(self) -> Facts:

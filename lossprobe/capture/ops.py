@@ -61,6 +61,7 @@ class Ops:
     def amin(self, t, axis=None): raise NotImplementedError
     def mean(self, t, axis=None): raise NotImplementedError
     def sum(self, t, axis=None): raise NotImplementedError
+    def total(self, t): raise NotImplementedError                # float32 sum of every element, no full-size temporary
     def copy(self, t): raise NotImplementedError                 # a snapshot that later in-place updates leave alone
     def dim0(self, t): raise NotImplementedError                 # float32 scalar: the first dimension
     def clamp_min(self, t, low: float): raise NotImplementedError
@@ -145,6 +146,9 @@ class TorchOps(Ops):
     def sum(self, t, axis=None):
         return t.sum() if axis is None else t.sum(dim=axis)
 
+    def total(self, t):
+        return t.detach().sum(dtype=self.torch.float32)
+
     def copy(self, t):
         return t.clone()
 
@@ -198,6 +202,12 @@ class TorchOps(Ops):
 
     def stack(self, scalars):
         f32 = self.torch.float32
+        try:   # the usual case, 0-d float32 values (gradient norms, losses): one call
+            out = self.torch.stack(list(scalars))
+            if out.dim() == 1:
+                return out if out.dtype == f32 else out.to(f32)
+        except (RuntimeError, TypeError):   # mixed shapes or devices: each made a float32 scalar
+            pass
         return self.torch.stack([s if s.dtype == f32 and s.dim() == 0 else s.reshape(()).to(f32) for s in scalars])
 
     def cat(self, vectors):
@@ -265,6 +275,9 @@ class PaddleOps(Ops):
 
     def sum(self, t, axis=None):
         return t.sum() if axis is None else t.sum(axis=axis)
+
+    def total(self, t):
+        return self.paddle.sum(t.detach(), dtype="float32")
 
     def copy(self, t):
         return t.clone()
@@ -374,6 +387,9 @@ class TensorflowOps(Ops):
     def sum(self, t, axis=None):
         return self.tf.reduce_sum(t, axis=axis)
 
+    def total(self, t):
+        return self.tf.reduce_sum(self.tf.cast(t, self.tf.float32))
+
     def copy(self, t):
         return self.tf.identity(t)
 
@@ -443,6 +459,12 @@ def first_tensor(ops: Ops, obj: Any):
     value; a sequence (or a dataclass output): its first tensor. None when there is none."""
     if ops.is_tensor(obj):
         return obj
+    if type(obj) in (tuple, list):   # the common case first: positional args, a plain tuple output
+        for v in obj:
+            t = first_tensor(ops, v)
+            if t is not None:
+                return t
+        return None
     if isinstance(obj, Mapping) or (hasattr(obj, "keys") and hasattr(obj, "values")):
         for key in ("logits", "output", "out", "y_pred"):
             try:

@@ -58,7 +58,7 @@ _STATS = (
     # the loss of the step (the mean of its losses under gradient accumulation) and a 1.0 seen flag
     Stat("loss", (("loss", MEAN), ("loss_seen", MAX)), EVERY),
     Stat("lr", (("lr", LOCAL),), EVERY),
-    # 1.0 when the batch's inputs hold a NaN or Inf (max |x| is not finite), else 0.0
+    # 1.0 when the batch's inputs hold a NaN or Inf (their float32 sum is not finite), else 0.0
     Stat("input_nonfinite", (("input_nonfinite", MAX),), EVERY),
     Stat("input", (("input_abs_max", MAX), ("input_mean", MEAN), ("input_std", MEAN)), SAMPLED),
     # the batch's first dimension (known on the host; noise at each batch's size, epoch ends)

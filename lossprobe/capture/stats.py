@@ -17,10 +17,12 @@ from .spec import ACT_SAMPLE, BOUND_EDGE, PROB_TOLERANCE, SATURATION_MARGIN
 
 
 def input_nonfinite(ops, x):
-    """1.0 when a batch's inputs hold a NaN or Inf, else 0.0 (every step): from max |x|, which
-    NaN and Inf propagate to -- two fast reductions, where counting them is a slow full pass,
-    and unlike a sum it never overflows on finite values."""
-    return ops.is_nonfinite(ops.amax(ops.abs(ops.flat(x))))
+    """1.0 when a batch's inputs hold a NaN or Inf, else 0.0 (every step): from their float32
+    sum, which NaN and Inf propagate to -- one pass over the batch and no temporary the size
+    of it (max |x| made one: on a cold 128x784 batch here 61 us against 30 us for the sum).
+    A finite batch whose sum passes 3.4e38 reads as non-finite too; its first layer overflows
+    as well."""
+    return ops.is_nonfinite(ops.total(x))
 
 
 def input_stats(ops, x):

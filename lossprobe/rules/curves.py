@@ -22,7 +22,7 @@ import numpy as np
 
 from ..findings import Detection
 from . import rule
-from .stats import MAD_TO_SIGMA, theil_sen, thirds
+from .stats import MAD_TO_SIGMA, median, theil_sen, thirds
 
 
 @dataclass
@@ -55,7 +55,7 @@ def epoch_length(h) -> int:
     ok = np.isfinite(b)
     if ok.sum() < 0.9 * b.size or b.size < 8:
         return 0  # batch sizes not known on (almost) every step
-    med = float(np.median(b[ok]))
+    med = float(median(b[ok]))
     short = steps[ok & (b < med)]
     if short.size < 2:
         return 0
@@ -114,12 +114,8 @@ def loss_trend(h, cfg, min_points: int | None = None) -> Trend | None:
     """Trend of the last ``curve_window`` measured, finite losses; None during warm-up
     (fewer than ``min_points`` losses, default ``warmup_steps``). Memoised per history
     state: several rules ask for it in one evaluation."""
-    key = (h.n_steps, h.last_step, min_points, cfg.curve_window, cfg.warmup_steps)
-    cache = h.__dict__.setdefault("_trend_cache", {})
-    if key not in cache:
-        cache.clear() if len(cache) > 8 else None
-        cache[key] = _loss_trend(h, cfg, min_points)
-    return cache[key]
+    return h.memo(("loss_trend", min_points, cfg.curve_window, cfg.warmup_steps),
+                  lambda: _loss_trend(h, cfg, min_points))
 
 
 def _loss_trend(h, cfg, min_points):
@@ -228,7 +224,7 @@ def flat_stretch(h, cfg) -> Flat | None:
         return None
     for span in sorted({min(2 * w, n)} | {k * w for k in (3, 4) if k * w <= n}):
         y, t = y_all[-span:], t_all[-span:]
-        level = float(np.median(y))
+        level = float(median(y))
         if level <= 0:
             return None
         slope, z = theil_sen(t, y)
@@ -271,7 +267,7 @@ def is_converged(tr: Trend, h, cfg) -> bool:
         early = float(np.max(g[: max(5, g.size // 10)]))
         # gradients died down after the loss fell a good way: settled at a noise floor
         learned = abs(tr.level) < 0.7 * abs(tr.initial)
-        if learned and early > 0 and float(np.median(g[-10:])) < 0.05 * early and abs(tr.rel_change) < cfg.plateau_rel_drop:
+        if learned and early > 0 and float(median(g[-10:])) < 0.05 * early and abs(tr.rel_change) < cfg.plateau_rel_drop:
             return True
     return False
 

@@ -7,6 +7,7 @@ import numpy as np
 
 from ..findings import Detection
 from . import rule
+from .stats import median
 from .curves import learning_well, loss_trend
 from .setup import received_activation
 
@@ -24,7 +25,7 @@ def unnormalized_inputs(h, cfg):
     if mean.size < 3 or mean.size != std.size:
         return None
     typical = np.abs(mean) + std
-    med = float(np.median(typical))
+    med = float(median(typical))
     if med <= cfg.unnormalized_abs:
         return None
     well = learning_well(h, cfg)   # it trains anyway: scaling is advice (faster, steadier), not a fault
@@ -75,7 +76,7 @@ def unshuffled_data(h, cfg):
     if lo.size < MIN_TARGET_SAMPLES or lo.size != hi.size:
         return None
     batch, _ = _recent(h, "batch_size", 30)
-    if batch.size and float(np.median(batch)) < MIN_BATCH:
+    if batch.size and float(median(batch)) < MIN_BATCH:
         return None
     i, j = np.triu_indices(lo.size, 1)
     disjoint = (hi[i] < lo[j]) | (hi[j] < lo[i])
@@ -122,7 +123,7 @@ def label_problem(h, cfg):
     kind = h.facts.loss_kind
     c = int(h.facts.n_classes or 0)
     idx, _ = _recent(h, "target_is_index")
-    is_index = idx.size > 0 and np.median(idx) >= 1
+    is_index = idx.size > 0 and median(idx) >= 1
     frac, _ = _recent(h, "target_fractional")
     problem = None
     if is_index and frac.size and float(np.max(frac)) > 0:

@@ -5,7 +5,7 @@ import numpy as np
 
 from ..findings import Detection
 from . import rule
-from .stats import finite, longest_run
+from .stats import finite, longest_run, median
 
 
 def _weight_columns(h) -> np.ndarray:
@@ -23,8 +23,8 @@ def exploding_gradients(h, cfg):
     if ok.sum() < 4:
         return None
     gs, st = g[ok], steps[ok]
-    early = float(np.median(gs[: max(3, min(10, gs.size // 4))]))
-    recent = float(np.median(gs[-3:]))
+    early = float(median(gs[: max(3, min(10, gs.size // 4))]))
+    recent = float(median(gs[-3:]))
     last_ok = int(np.flatnonzero(ok)[-1])
     if last_ok < g.size - 1 and not np.isfinite(g[last_ok + 1:]).any():
         # the norm overflowed: judge the climb by its last finite values
@@ -62,7 +62,7 @@ def vanishing_gradients(h, cfg):
         return None
     ratio = first[ok] / last[ok]
     recent = ratio[-cfg.curve_window:]
-    med = float(np.median(recent))
+    med = float(median(recent))
     if med >= cfg.vanish_ratio or float(np.mean(recent < cfg.vanish_ratio)) < 0.8:
         return None
     onset = int(h.steps()[ok][int(np.argmax(ratio < cfg.vanish_ratio))])

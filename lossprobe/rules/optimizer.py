@@ -13,7 +13,7 @@ from ..findings import Detection
 from . import rule
 from .curves import chance_level_loss, is_converged, learning_well, loss_trend
 from .gradients import _weight_columns
-from .stats import theil_sen, thirds
+from .stats import row_nanmedian, theil_sen, thirds
 
 # The optimizer rules judge "is the loss still falling" on the last 30 losses rather than
 # the curve rules' 60: their main evidence (the update/weight ratio, the weight norms) is
@@ -25,6 +25,10 @@ RECENT = 30
 def _stalled(h, cfg):
     """(stalled, level, initial, rel_change, first step of the window) over the last RECENT
     losses; None during warm-up. Stalled: no significant fall of at least 1%."""
+    return h.memo(("stalled", cfg.warmup_steps, cfg.trend_z), lambda: _stalled_now(h, cfg))
+
+
+def _stalled_now(h, cfg):
     loss, seen, steps = h.series("loss"), h.series("loss_seen") > 0, h.steps()
     ok = seen & np.isfinite(loss)
     if ok.sum() < max(cfg.warmup_steps, 8) or not np.isfinite(h.initial_loss):
@@ -59,7 +63,7 @@ def _update_ratio(h, live_only: bool = False):
     sampled = np.isfinite(u).any(axis=1)
     if sampled.sum() < 3:
         return None, None
-    return np.nanmedian(u[sampled], axis=1), steps[sampled]
+    return row_nanmedian(u[sampled]), steps[sampled]
 
 
 def _norm_drift(h):

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..findings import Detection
 from . import rule
-from .stats import theil_sen, thirds
+from .stats import median, theil_sen, thirds
 
 # A change smaller than this share of the level counts as flat. Validation losses are
 # averages over a whole set, so their noise is far below a mini-batch loss's.
@@ -39,7 +39,7 @@ def _paired(h, cfg):
     for i, s in enumerate(vs):
         lo = vs[i - 1] if i > 0 else s - (vs[1] - vs[0] if vs.size > 1 else 1)
         sel = (ts > lo) & (ts <= s)
-        train.append(float(np.median(tl[sel])) if sel.any() else np.nan)
+        train.append(float(median(tl[sel])) if sel.any() else np.nan)
     train = np.asarray(train)
     good = np.isfinite(train)
     if good.sum() < cfg.val_min_points:
@@ -86,7 +86,7 @@ def _train_near(ts: np.ndarray, tl: np.ndarray, step: float, n: int = 15) -> flo
     if ts.size == 0:
         return float("nan")
     idx = np.argsort(np.abs(ts - step))[:n]
-    return float(np.median(tl[idx]))
+    return float(median(tl[idx]))
 
 
 @rule("overfitting")
@@ -116,10 +116,10 @@ def overfitting(h, cfg):
     sm = _smooth3(vl)
     i_best = int(np.argmin(sm))
     best = float(sm[i_best])
-    now = float(np.median(vl[-3:]))
+    now = float(median(vl[-3:]))
     rise = now - best
     train_then = _train_near(ts, tl, float(vs[i_best]))
-    train_now = float(np.median(tl[-15:]))
+    train_now = float(median(tl[-15:]))
     train_fell = np.isfinite(train_then) and train_then > 0 and (train_now - train_then) / train_then <= -0.05
     rose = (i_best < vl.size - 2 and best > 0 and rise >= max(0.05 * best, 3 * noise) and train_fell)
     flat_apart, tr, vr, z = False, 0.0, 0.0, 0.0
