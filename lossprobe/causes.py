@@ -22,8 +22,11 @@ within a layer):
   climbing loss grows its gradients and logits, a spike can start a climb; a specific reading of a stretch of curve
   explains the general one, :data:`READINGS`).
 
-A few links hold only for some forms of a cause, which its finding's evidence tells
-(:data:`ONLY_WHEN`); :data:`CONFIRM` says, per cause, the change that would show it is the one.
+A few links hold only for some forms or sizes of a cause, which the findings' evidence tells
+(:data:`ONLY_WHEN`: a cause explains an effect only as far as its size can); a few are dated by
+their effect (:data:`DATED_BY_EFFECT`); a few act only through the size of the updates
+(:data:`THROUGH_STEP_SIZE`), and yield to a measured step size that is out of range on its own;
+:data:`CONFIRM` says, per cause, the change that would show it is the one.
 
 ``converged`` (healthy) and ``rank_divergence`` (a data-sharding fault that nothing here
 produces and whose effects the rules do not separate from it) take part in no link.
@@ -143,7 +146,7 @@ LINKS: list[Link] = [
         "dead_relu": "the first large update shifts pre-activations so far that many units are "
                      "negative for every input",
         "softmax_overflow": "large inputs through the layers give logits beyond softmax's range",
-        "nan_loss": "large inputs give activations and losses that overflow",
+        "nan_loss": "large inputs make every step large, until the weights and then the loss overflow",
         "loss_divergence": "features on very different scales make steps that fit one direction "
                            "overshoot in another",
         "loss_oscillation": "a badly scaled problem makes every step overshoot along the large features",
@@ -379,52 +382,88 @@ for _link in LINKS:
 
 UNBOUNDED_HEADS = ("linear", "relu", "tanh")
 
+Evidence = dict[str, Any]
 
-def _head_not_probabilities(ev: dict[str, Any]) -> bool:
+
+def _head_not_probabilities(ev: Evidence, _effect: Evidence) -> bool:
     """An unbounded head under a loss that expects probabilities (it normalises them or takes
     their log): a ReLU head whose outputs all reach 0 gives 0/0 there."""
     return ev.get("loss_expects", "probabilities") == "probabilities" and \
         ev.get("output_activation", "linear") in UNBOUNDED_HEADS
 
 
-def _loss_unbounded(ev: dict[str, Any]) -> bool:
+def _loss_unbounded(ev: Evidence, _effect: Evidence) -> bool:
     """Raw outputs under a loss that expects log-probabilities (NLL of logits): the loss falls
     without bound as one output grows."""
     return ev.get("loss_expects", "log_probabilities") == "log_probabilities" and \
         ev.get("output_activation", "linear") in UNBOUNDED_HEADS
 
 
-def _head_passes_no_gradient(ev: dict[str, Any]) -> bool:
+def _head_passes_no_gradient(ev: Evidence, _effect: Evidence) -> bool:
     """A one-unit softmax (constant 1) or a ReLU head (0 and flat once its units go negative)."""
     act, units = ev.get("output_activation"), ev.get("output_units")
     return act is None or (act == "softmax" and units == 1) or act == "relu"
 
 
-def _inputs_tiny(ev: dict[str, Any]) -> bool:
+def _inputs_tiny(ev: Evidence, _effect: Evidence) -> bool:
     """Inputs far below unit scale (large ones give large gradients, never tiny updates)."""
     mean, std = ev.get("input_mean"), ev.get("input_std")
     return mean is None or std is None or abs(mean) + std < 1.0
 
 
-def _steps_as_large_as_the_weights(ev: dict[str, Any]) -> bool:
+def _steps_as_large_as_the_weights(ev: Evidence, _effect: Evidence) -> bool:
     """An update of at least the weights' own size per step (ratio or norm change >= 1); a
     finding that does not say is not taken for one."""
     size = ev.get("update_to_weight_ratio", ev.get("weight_norm_change_per_step"))
     return size is not None and size >= 1.0
 
 
-ONLY_WHEN: dict[tuple[str, str], Callable[[dict[str, Any]], bool]] = {
+def _inputs_account_for_the_step(ev: Evidence, effect: Evidence) -> bool:
+    """Dose: can inputs of this scale make an update this large at a sane learning rate?
+
+    Inputs of root-mean-square size s multiply the first layer's gradient by s, and the error
+    they drive through the network by up to s again, so they raise the update/weight ratio
+    by at most s**2. A ratio that is still above the too-high threshold once s**2 is divided
+    out would be too high on normalised inputs as well: the learning rate is too high on its
+    own account, not because of the inputs. Evidence that does not say keeps the link."""
+    mean, std = ev.get("input_mean"), ev.get("input_std")
+    ratio, threshold = effect.get("update_to_weight_ratio"), effect.get("threshold")
+    if mean is None or std is None or ratio is None or threshold is None:
+        return True
+    return ratio / max(mean * mean + std * std, 1.0) <= threshold
+
+
+def _lr_can_overshoot(ev: Evidence, _effect: Evidence) -> bool:
+    """Dose: is the learning rate itself large enough to be what blows the gradient up?
+
+    The update/weight ratio is the learning rate times the gradient/weight ratio. A gradient
+    no larger than the weights (a healthy network's is far smaller) needs a learning rate of
+    at least the too-high threshold to make a too-high step; under a smaller rate a too-high
+    ratio means the gradient itself is orders of magnitude above the weights, and what grew
+    it (depth, recurrence, input or target scale) is the cause of the large steps, not the
+    rate. A finding that does not say (no lr recorded) keeps the link."""
+    lr, threshold = ev.get("lr"), ev.get("threshold")
+    return lr is None or threshold is None or lr >= threshold
+
+
+ONLY_WHEN: dict[tuple[str, str], Callable[[Evidence, Evidence], bool]] = {
     ("learning_rate_too_high", "nan_loss"): _steps_as_large_as_the_weights,
     ("learning_rate_too_high", "nonfinite_gradients"): _steps_as_large_as_the_weights,
+    ("learning_rate_too_high", "exploding_gradients"): _lr_can_overshoot,
     ("unnormalized_inputs", "learning_rate_too_low"): _inputs_tiny,
+    ("unnormalized_inputs", "learning_rate_too_high"): _inputs_account_for_the_step,
     ("output_activation_mismatch", "nan_loss"): _head_not_probabilities,
     ("output_activation_mismatch", "softmax_overflow"): _loss_unbounded,
     ("output_activation_mismatch", "exploding_gradients"): _loss_unbounded,
     ("output_activation_mismatch", "zero_gradients"): _head_passes_no_gradient,
 }
-"""Links that hold only for some forms of the cause, told by its finding's evidence (the output
-mismatch has several forms; only some can produce NaN, runaway logits or zero gradients).
-Evidence that does not say (a finding built without it) keeps the link."""
+"""Links that hold only for some forms or sizes of the cause, told by the cause's evidence and
+the effect's (cause evidence, effect evidence) -> holds. The output mismatch has several forms,
+only some of which can produce NaN, runaway logits or zero gradients; and a cause explains an
+effect only as far as its size can (the dose: inputs of scale s raise the update ratio by at
+most s**2; a learning rate under the too-high threshold overshoots only with a gradient far
+larger than the weights). Evidence that does not say (a finding built without it) keeps the
+link."""
 
 
 WITHIN_STEPS: dict[tuple[str, str], int] = {
@@ -435,13 +474,54 @@ WITHIN_STEPS: dict[tuple[str, str], int] = {
 cause (a blow-up from oversized steps comes within a few updates; a NaN after a long calm run
 is a log, sqrt or division at zero reached at last)."""
 
+DATED_BY_EFFECT = frozenset({
+    ("learning_rate_too_low", "loss_plateau"),
+    ("learning_rate_too_low", "chance_level_loss"),
+})
+"""Links whose cause's rule needs the effect before it can fire: tiny updates are a fault only
+while the loss is not falling, so ``learning_rate_too_low`` is dated at or after the stall it
+explains, and later still when the update ratio sinks under the threshold only once the stall
+has shrunk the gradients (an unchanged learning rate, too small from the first step). Its
+date says nothing about which came first, so these links hold whatever the steps say."""
 
-def link_holds(cause: str, effect: str, evidence: dict[str, Any]) -> bool:
-    """Whether the model links ``cause`` to ``effect`` for a cause finding with this evidence."""
+THROUGH_STEP_SIZE = frozenset({
+    *(("unnormalized_inputs", e) for e in ("exploding_gradients", "dead_relu", "loss_divergence",
+                                             "loss_oscillation", "loss_plateau", "nan_loss")),
+    *(("unscaled_targets", e) for e in ("exploding_gradients", "loss_divergence", "nan_loss",
+                                          "nonfinite_gradients", "loss_oscillation", "dead_relu")),
+})
+"""Links by which a set-up fault acts only through the size of the updates: input or target
+scale sets how large each step is relative to the weights (overshooting, blowing up, crawling
+along the small directions). That size is measured (:data:`STEP_SIZE`); when the set-up fault
+cannot account for the measured size (the model does not link the fault to that finding, for
+the size of both: :data:`ONLY_WHEN`), the step size is out of range on its own, and these
+links are screened off by it (:func:`lossprobe.rootcause._screened`); the set-up fault keeps
+what it does directly (saturating units, overflowing logits)."""
+
+STEP_SIZE = frozenset({"learning_rate_too_high", "learning_rate_too_low"})
+"""The findings that measure the update/weight ratio itself: what :data:`THROUGH_STEP_SIZE`
+links act through."""
+
+
+def partial_fault(code: str, ev: Evidence) -> bool:
+    """A set-up fault that takes only part of the model out of training: some, not all, of its
+    parameter tensors frozen. The rest still fit the data, so such a fault limits how far the
+    loss can fall; between it and a fault in what every gradient is computed from (the loss,
+    the head, the targets, the inputs) for a symptom both explain and the steps cannot order,
+    the whole-model fault is the likelier. A count that is not known is not taken for part."""
+    if code != "frozen_parameters":
+        return False
+    frozen, total = ev.get("n_frozen"), ev.get("n_parameters")
+    return frozen is not None and total is not None and frozen < total
+
+
+def link_holds(cause: str, effect: str, evidence: Evidence, effect_evidence: Evidence | None = None) -> bool:
+    """Whether the model links ``cause`` to ``effect`` for a cause finding with this evidence
+    (and an effect finding with ``effect_evidence``)."""
     if effect not in CAN_CAUSE.get(cause, {}):
         return False
     test = ONLY_WHEN.get((cause, effect))
-    return test is None or test(evidence)
+    return test is None or test(evidence, effect_evidence or {})
 
 
 CONFIRM: dict[str, str] = {
@@ -487,12 +567,13 @@ def _check() -> None:
     pairs = [(link.cause, link.effect) for link in LINKS]
     if len(pairs) != len(set(pairs)):
         raise ValueError("causes.py: a link is listed twice")
-    for code in (*CAN_CAUSE, *SETUP, *CONFIRM, *THROUGH_UPDATES, *SETTINGS, *SYMPTOMS):
+    for code in (*CAN_CAUSE, *SETUP, *CONFIRM, *THROUGH_UPDATES, *SETTINGS, *SYMPTOMS, *STEP_SIZE):
         if code not in CATALOG:
             raise KeyError(f"causes.py: unknown code {code!r}")
-    if not (READINGS | set(ONLY_WHEN)) <= set(pairs):
-        raise KeyError(f"causes.py: READINGS or ONLY_WHEN not in LINKS: "
-                       f"{sorted((READINGS | set(ONLY_WHEN)) - set(pairs))}")
+    tables = READINGS | set(ONLY_WHEN) | DATED_BY_EFFECT | THROUGH_STEP_SIZE
+    if not tables <= set(pairs):
+        raise KeyError(f"causes.py: a READINGS, ONLY_WHEN, DATED_BY_EFFECT or THROUGH_STEP_SIZE pair not in "
+                       f"LINKS: {sorted(tables - set(pairs))}")
     missing = set(CAN_CAUSE) - set(CONFIRM)
     if missing:
         raise KeyError(f"causes.py: no CONFIRM entry for {sorted(missing)}")

@@ -6,8 +6,8 @@ findings it explains under it, so a reader starts with the cause and one fix.
 
 How it decides, from the causal model in :mod:`lossprobe.causes` and the findings' steps:
 
-* a finding *explains* another when the model links its code to the other's (for its form,
-  :data:`~lossprobe.causes.ONLY_WHEN`) and the time fits: a set-up fault
+* a finding *explains* another when the model links its code to the other's (for the form
+  and size of both, :data:`~lossprobe.causes.ONLY_WHEN`) and the time fits: a set-up fault
   (:data:`~lossprobe.causes.SETUP`) explains its consequences whenever both are present; any
   other cause must not have begun after its consequence (steps closer than
   :data:`SAME_TIME` do not order two findings, except numeric faults dated to the exact
@@ -15,11 +15,16 @@ How it decides, from the causal model in :mod:`lossprobe.causes` and the finding
   a cause that acts through the updates (a learning rate, weight decay, stale gradients)
   explains no state already there on the first step; a resolved cause explains only what
   began while it was active; two readings of one stretch of the loss curve
-  (:data:`~lossprobe.causes.READINGS`) go together whatever their steps;
+  (:data:`~lossprobe.causes.READINGS`) go together whatever their steps, and so does a cause
+  whose rule needs its effect before it can fire (:data:`~lossprobe.causes.DATED_BY_EFFECT`);
+  a set-up fault that acts on an effect only through the size of the updates
+  (:data:`~lossprobe.causes.THROUGH_STEP_SIZE`) does not explain it while the measured step
+  size is out of range for a reason that fault cannot account for (:func:`_screened`);
 * a root cause is a finding that nothing else explains (through any chain). Each other
   finding goes under the root that explains it most directly, then the root more of whose
-  own findings explain it too, then by :func:`_claim`; ``caused_by`` is set to that root's
-  code. Independent faults stay separate roots;
+  own findings explain it too, then a fault in the whole model before one in a part of it
+  (:func:`~lossprobe.causes.partial_fault`), then by :func:`_claim`; ``caused_by`` is set to
+  that root's code. Independent faults stay separate roots;
 * when findings explain each other and their steps do not say which came first (the
   learning rate too high and gradients exploding from the same step), each is reported as a
   root with ``confidence="undecided"``, ``alternatives`` naming the others, and a ``why``
@@ -49,7 +54,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .catalog import CATALOG, SEVERITY_RANK
-from .causes import CAN_CAUSE, CONFIRM, READINGS, SETUP, THROUGH_UPDATES, WITHIN_STEPS, layer, link_holds
+from .causes import (CAN_CAUSE, CONFIRM, DATED_BY_EFFECT, READINGS, SETUP, STEP_SIZE, THROUGH_STEP_SIZE,
+                     THROUGH_UPDATES, WITHIN_STEPS, layer, link_holds, partial_fault)
 from .config import Config
 from .findings import Finding
 
@@ -100,7 +106,8 @@ def attribute(findings: list[Finding]) -> list[RootCause]:
     serious = [f for f in findings if f.severity != "info"]
     if not serious:
         return []
-    edges = {a.code: [b for b in serious if _explains(a, b)] for a in serious}
+    screened = _screened(serious)
+    edges = {a.code: [b for b in serious if _explains(a, b) and (a.code, b.code) not in screened] for a in serious}
     dist = {a.code: _distances(a.code, edges) for a in serious}
     by_code = {f.code: f for f in serious}
 
@@ -120,7 +127,7 @@ def attribute(findings: list[Finding]) -> list[RootCause]:
             continue
         owner = min((r for r in leaders if any(f.code in dist[c] for c in peers[r.code])),
                     key=lambda r: (min(dist[c].get(f.code, len(serious)) for c in peers[r.code]),
-                                   -_support(r, f, edges, dist), claim[r.code]))
+                                   -_support(r, f, edges, dist), partial_fault(r.code, r.evidence), claim[r.code]))
         f.caused_by = owner.code
         groups[owner.code].append(f)
 
@@ -144,7 +151,7 @@ def attribute(findings: list[Finding]) -> list[RootCause]:
 
 def _explains(a: Finding, b: Finding) -> bool:
     """The causal model links a to b and the time fits (see the module docstring)."""
-    if a is b or not link_holds(a.code, b.code, a.evidence):
+    if a is b or not link_holds(a.code, b.code, a.evidence, b.evidence):
         return False
     if a.code in THROUGH_UPDATES and b.code in STATE and b.step <= 0:
         return False  # there before the first update
@@ -152,8 +159,9 @@ def _explains(a: Finding, b: Finding) -> bool:
         return False  # began after the cause had cleared
     if b.step - a.step > WITHIN_STEPS.get((a.code, b.code), math.inf):
         return False  # a link that acts at once: too long after the cause began
-    if a.code in SETUP or b.code in SETUP or (a.code, b.code) in READINGS:
-        return True   # a set-up fault holds from the start; readings of one curve stretch go together
+    if a.code in SETUP or b.code in SETUP or (a.code, b.code) in READINGS | DATED_BY_EFFECT:
+        return True   # a set-up fault holds from the start; readings of one curve stretch go together;
+        #               a cause dated by its effect is not ordered by its date
     return _began_before(b, a) is not True
 
 
@@ -180,6 +188,27 @@ def _distances(start: str, edges: dict[str, list[Finding]]) -> dict[str, int]:
                 dist[b.code] = d + 1
                 todo.append((b.code, d + 1))
     return dist
+
+
+def _screened(findings: list[Finding]) -> set[tuple[str, str]]:
+    """Links screened off by the measured step size.
+
+    Input or target scale changes the dynamics (overshooting, blowing up, crawling) only by
+    changing how large each update is relative to the weights
+    (:data:`~lossprobe.causes.THROUGH_STEP_SIZE`), and that ratio is measured: a learning
+    rate too high or too low. When the set-up fault cannot account for the measured ratio
+    (the model, for the size of both, does not link it to that finding: inputs of this scale
+    cannot make steps this large, large inputs never make them tiny), the ratio is out of
+    range on its own, and given the ratio the set-up fault adds nothing to what the steps do:
+    its links through the step size do not hold. Its direct effects (saturated units,
+    overflowing logits) stay its own. With the ratio in the range the fault accounts for, or
+    not measured, every link holds."""
+    steps = [f for f in findings if f.code in STEP_SIZE]
+    out = set()
+    for a in findings:
+        if any(not link_holds(a.code, s.code, a.evidence, s.evidence) for s in steps):
+            out |= {(c, e) for c, e in THROUGH_STEP_SIZE if c == a.code}
+    return out
 
 
 def _support(root: Finding, f: Finding, edges: dict[str, list[Finding]], dist: dict[str, dict[str, int]]) -> int:

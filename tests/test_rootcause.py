@@ -183,6 +183,107 @@ def test_a_link_that_holds_for_some_forms_of_a_cause_reads_its_evidence():
         assert caused_by(fs)["nonfinite_gradients"] == (roots[0].code if explains else "nan_loss")
 
 
+def made(code: str, step: int, **evidence) -> Finding:
+    return Finding.from_detection(Detection(code, step, evidence))
+
+
+RAW_INPUTS = {"input_mean": 25.0, "input_std": 32.0}   # s**2 = 1649: raw values of 0..99
+
+
+def test_inputs_explain_an_update_ratio_only_as_far_as_their_scale_can():
+    # the dose: inputs of scale s raise the update ratio by at most s**2. A ratio of 1640 is
+    # ~1 on normalised inputs, still too high: the learning rate's own (GD lr 0.5 on x = 0..99)
+    fs = [made("unnormalized_inputs", 0, **RAW_INPUTS),
+          made("learning_rate_too_high", 0, update_to_weight_ratio=1640.0, threshold=0.1, lr=0.5),
+          finding("exploding_gradients", 2), finding("nan_loss", 6)]
+    roots = attribute(fs)
+    assert roots[0].code == "learning_rate_too_high"
+    # the inputs explain none of it: their effects through the step size are screened off by
+    # a step size they cannot account for
+    assert roots_of(fs)["unnormalized_inputs"].consequences == ()
+    assert "unnormalized_inputs" not in caused_by(fs).values()
+    # nearest case: a ratio of 50 is ~0.03 on normalised inputs, which the scale accounts for
+    fs[1] = made("learning_rate_too_high", 0, update_to_weight_ratio=50.0, threshold=0.1, lr=0.5)
+    (rc,) = attribute(fs)
+    assert rc.code == "unnormalized_inputs"
+    assert set(rc.consequences) == {"learning_rate_too_high", "exploding_gradients", "nan_loss"}
+
+
+def test_a_step_size_the_inputs_cannot_account_for_leaves_them_their_direct_effects():
+    # saturated tanh units come from the inputs' size in the forward pass, not from the steps
+    fs = [made("unnormalized_inputs", 0, **RAW_INPUTS),
+          made("learning_rate_too_high", 0, update_to_weight_ratio=1640.0, threshold=0.1, lr=0.5),
+          finding("saturated_activations", 0), finding("loss_divergence", 30)]
+    roots = roots_of(fs)
+    assert roots["unnormalized_inputs"].consequences == ("saturated_activations",)
+    assert roots["learning_rate_too_high"].consequences == ("loss_divergence",)
+
+
+def test_steps_too_small_to_move_the_weights_explain_the_stall_not_the_input_scale():
+    # RMSprop at lr 1e-10 on inputs around 85: large inputs make large gradients, never tiny
+    # updates, so the tiny steps are the learning rate's and the flat loss theirs
+    fs = [made("learning_rate_too_low", 0, update_to_weight_ratio=0.0, threshold=1e-5, lr=1e-10),
+          made("unnormalized_inputs", 0, input_mean=85.0, input_std=10.7), finding("loss_plateau", 0)]
+    roots = attribute(fs)
+    assert roots[0].code == "learning_rate_too_low" and roots[0].consequences == ("loss_plateau",)
+    assert roots_of(fs)["unnormalized_inputs"].consequences == ()
+    # nearest cases: inputs far too small do make tiny updates, and explain both; without a
+    # measured step size the inputs keep the plateau
+    fs[1] = made("unnormalized_inputs", 0, input_mean=0.001, input_std=0.002)
+    (rc,) = attribute(fs)
+    assert rc.code == "unnormalized_inputs"
+    assert set(rc.consequences) == {"learning_rate_too_low", "loss_plateau"}
+    fs = [made("unnormalized_inputs", 0, input_mean=85.0, input_std=10.7), finding("loss_plateau", 0)]
+    assert attribute(fs)[0].consequences == ("loss_plateau",)
+
+
+def test_a_learning_rate_under_the_threshold_does_not_blow_the_gradient_up():
+    # SGD lr 5e-4 on raw pixels: the update ratio is 2.8 because the gradient is thousands of
+    # times the weights from the first step; the rate did not grow it
+    lr = made("learning_rate_too_high", 0, update_to_weight_ratio=2.8, threshold=0.1, lr=5e-4)
+    fs = [lr, finding("exploding_gradients", 3), finding("nonfinite_gradients", 4), finding("nan_loss", 5)]
+    (rc,) = attribute(fs)
+    assert rc.code == "exploding_gradients" and rc.confidence == "clear"
+    assert set(rc.consequences) == {"learning_rate_too_high", "nonfinite_gradients", "nan_loss"}
+    # nearest case: at lr 0.5 either can have produced the other within a few steps: undecided
+    fs[0] = made("learning_rate_too_high", 0, update_to_weight_ratio=2.8, threshold=0.1, lr=0.5)
+    roots = roots_of(fs)
+    assert set(roots) == {"learning_rate_too_high", "exploding_gradients"}
+    assert all(rc.confidence == "undecided" for rc in roots.values())
+
+
+def test_a_learning_rate_too_low_is_not_ordered_after_the_stall_its_rule_waits_for():
+    # plain GD lr 0.01 on XOR: the loss stalls at ln 2, and the update ratio sinks under the
+    # threshold only later, as the stall shrinks the gradients
+    fs = [finding("loss_plateau", 260, resolved_at=379), finding("chance_level_loss", 340),
+          made("learning_rate_too_low", 722, update_to_weight_ratio=3.7e-5, threshold=1e-4, lr=0.01)]
+    (rc,) = attribute(fs)
+    assert rc.code == "learning_rate_too_low"
+    assert set(rc.consequences) == {"loss_plateau", "chance_level_loss"}
+    # nearest case: a learning rate too high is dated by its own measurement, and a rate that
+    # became too high after the stall began did not cause it
+    fs[2] = made("learning_rate_too_high", 722, update_to_weight_ratio=0.5, threshold=0.1, lr=0.01)
+    roots = roots_of(fs)
+    assert caused_by(fs)["chance_level_loss"] is None and "chance_level_loss" in roots
+
+
+def test_a_fault_in_part_of_the_model_yields_a_shared_symptom_to_a_fault_in_all_of_it():
+    # one embedding never trained beside a sigmoid fed to BCEWithLogitsLoss: both set-up faults,
+    # both from the first step, both can stall the loss
+    mismatch = made("output_activation_mismatch", 0, output_activation="sigmoid", loss_expects="logits")
+    part = made("frozen_parameters", 0, n_frozen=1, n_parameters=6)
+    fs = [part, finding("loss_plateau", 0), mismatch]
+    roots = attribute(fs)
+    assert roots[0].code == "output_activation_mismatch" and roots[0].consequences == ("loss_plateau",)
+    # nearest cases: alone, the part-frozen model still explains its plateau; frozen
+    # parameters whose share is not known are taken as the whole model is
+    fs = [part, finding("loss_plateau", 0)]
+    assert attribute(fs)[0].consequences == ("loss_plateau",)
+    whole, unknown = made("frozen_parameters", 0, n_frozen=6, n_parameters=6), made("frozen_parameters", 0, n_frozen=1)
+    assert [rc.to_dict() for rc in attribute([whole, finding("loss_plateau", 0), mismatch])] == \
+        [rc.to_dict() for rc in attribute([unknown, finding("loss_plateau", 0), mismatch])]
+
+
 def test_info_and_advice_are_never_roots_nor_causes():
     fs = [finding("learning_rate_too_high", 0, severity="info"), finding("dead_relu", 20),
           finding("converged", 100)]

@@ -104,6 +104,7 @@ def frozen_parameters(h, cfg):
         "never_got_gradient": [names[i] for i in np.flatnonzero(no_grad)[:10]],
         "not_in_optimizer": [names[i] for i in np.flatnonzero(not_in_opt)[:10]],
         "gradient_but_never_updated": [names[i] for i in np.flatnonzero(stuck)[:10]],
+        "n_parameters": len(names),
     }, message=f"{idx.size} parameter tensor(s), first: {names[idx[0]]}.")
 
 

@@ -73,5 +73,7 @@ def test_frozen_parameters_names_a_parameter_that_never_gets_a_gradient():
     h = synth(30, loss=1.0, param_grad_norms=lambda t: np.where(missing, np.nan, 0.5), param_grad_missing=lambda t: missing)
     det = run_rule("frozen_parameters", h)
     assert det is not None and det.evidence["never_got_gradient"] == ["fc2.weight", "fc2.bias"]
+    # the share of the model frozen: root-cause attribution weighs a part against the whole
+    assert (det.evidence["n_frozen"], det.evidence["n_parameters"]) == (2, missing.size)
     healthy = synth(30, loss=1.0, param_grad_norms=grads(0.5))
     assert run_rule("frozen_parameters", healthy) is None
