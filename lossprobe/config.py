@@ -38,9 +38,12 @@ class Config:
     """Per-layer series published to trackers: at most this many layers (first, last, evenly between)."""
     on_critical: str = "warn"
     """"warn" (default) logs; "raise" raises TrainingHealthError at the next step boundary."""
-    grad_sample: int = 4096
-    """Between full-statistics steps, gradient norms of tensors larger than this are estimated
-    from a strided sample of about this many elements (0: exact norms on every step)."""
+    grad_sample: int = 0
+    """0 (default): exact per-parameter gradient norms on every step, in one fused pass that
+    also brings the gradients into cache for the optimizer, which reads them next. N > 0:
+    between full-statistics steps, gradient norms of tensors larger than N elements are
+    estimated from 16 contiguous runs of about N elements in all (on this project's 2-core CPU
+    no cheaper than the exact pass, in three side-by-side runs)."""
     capture_outputs: bool = True
     capture_inputs: bool = True
 

@@ -496,13 +496,13 @@ class TorchBackend(EagerCapture):
     GRAD_BLOCKS = 16  # contiguous runs per sampled gradient tensor
 
     def _read_grads(self, cur: Step) -> None:
-        """Per-parameter gradient norms in one ``_foreach_norm`` call.
+        """Per-parameter gradient norms in one ``_foreach_norm`` call, exact by default.
 
-        On sampled steps the norms are exact. In between, a tensor larger than
-        ``Config.grad_sample`` elements is read through ``GRAD_BLOCKS`` contiguous runs
-        spread over it and its norm scaled by sqrt(n / n_read): the norm of a large gradient
-        costs a full pass over its memory (on a CPU as much as the optimizer's own update),
-        while its scale - what the rules read - is estimated well from a sample."""
+        With ``Config.grad_sample`` = N > 0, between sampled steps a tensor larger than N
+        elements is read through ``GRAD_BLOCKS`` contiguous runs spread over it and its norm
+        scaled by sqrt(n / n_read). The default reads every gradient: the optimizer reads them
+        right after, so the pass mostly warms its cache, where the strided runs cost more than
+        they save (benchmarks/overhead.py)."""
         found = [p.grad for p in self.params]
         if self._sharded:   # FSDP2: this rank's shard of each gradient
             found = [_local_shard(g) for g in found]
