@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 import lossprobe
+from overhead import torch_models   # run from anywhere: python benchmarks/overhead_parts.py
 
 C = lossprobe.Config
 CONFIGS: dict[str, "lossprobe.Config | None"] = {
@@ -32,13 +33,8 @@ CONFIGS: dict[str, "lossprobe.Config | None"] = {
 }
 
 
-def make() -> nn.Module:
+def step_time(make, cfg, x, y, steps: int, warmup: int = 20) -> float:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
-                         nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
-
-
-def step_time(cfg, x, y, steps: int, warmup: int = 20) -> float:
     model = make()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     loss_fn = nn.CrossEntropyLoss()
@@ -63,20 +59,20 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    x, y = torch.randn(128, 784), torch.randint(0, 10, (128,))
+    make, x, y = torch_models("cpu")["mlp"]   # overhead.py's MLP and batch
     names = list(CONFIGS)
     added: dict[str, list[float]] = {n: [] for n in names}
     plain: list[float] = []
     for b in range(args.blocks):
         k = b % len(names)
-        got = {n: step_time(CONFIGS[n], x, y, args.steps) for n in names[k:] + names[:k]}
+        got = {n: step_time(make, CONFIGS[n], x, y, args.steps) for n in names[k:] + names[:k]}
         plain.append(got["plain"])
         for n in names:
             added[n].append((got[n] - got["plain"]) * 1e6)
     print(f"# torch MLP on cpu, plain step {statistics.median(plain) * 1e3:.2f} ms, "
           f"{args.blocks} blocks x {args.steps} steps; added us/step: median (IQR)")
     for n in names[1:]:
-        q = statistics.quantiles(added[n], n=4)
+        q = statistics.quantiles(added[n], n=4) if len(added[n]) > 1 else [added[n][0]] * 3
         print(f"{n:45s} {statistics.median(added[n]):6.0f} ({q[0]:.0f}-{q[2]:.0f})")
 
 

@@ -69,7 +69,6 @@ estimate (its last micro-batch is read after clipping), not the DDP one.
 from __future__ import annotations
 
 import math
-import os
 import sys
 from typing import Any
 
@@ -77,7 +76,7 @@ import numpy as np
 import torch
 import torch.optim.optimizer as _optim_mod
 
-from ..capture.ranks import merge_ranks, rank_summaries
+from ..capture.ranks import env_int, merge_ranks, rank_summaries
 from ..capture.shards import merge_shards, shard_summary
 from ..record import StepRecord
 from ..rules.distributed import NoiseScale, RankTable
@@ -89,13 +88,6 @@ def rank_world() -> tuple[int, int]:
     if d is not None and d.is_available() and d.is_initialized():
         return int(d.get_rank()), int(d.get_world_size())
     return 0, 1
-
-
-def _env_int(key: str) -> int | None:
-    try:
-        return int(os.environ[key])
-    except (KeyError, ValueError):
-        return None
 
 
 # the node's index, set beside LOCAL_RANK by torchrun (GROUP_RANK) and Lightning/accelerate (NODE_RANK)
@@ -112,12 +104,12 @@ def _env_rank() -> int:
     ``RANK`` nor a node index, attach after ``init_process_group``). Any other process gets
     a stand-in rank above 0 (node index x ``LOCAL_WORLD_SIZE`` + local rank) and does not
     publish."""
-    rank = _env_int("RANK")
+    rank = env_int("RANK")
     if rank is not None:
         return max(0, rank)
-    local = max(0, _env_int("LOCAL_RANK") or 0)
-    node = max([0] + [_env_int(k) or 0 for k in NODE_INDEX_VARS])
-    return node * max(1, _env_int("LOCAL_WORLD_SIZE") or 1) + local
+    local = max(0, env_int("LOCAL_RANK") or 0)
+    node = max([0] + [env_int(k) or 0 for k in NODE_INDEX_VARS])
+    return node * max(1, env_int("LOCAL_WORLD_SIZE") or 1) + local
 
 
 def publisher_rank() -> int:
@@ -429,11 +421,10 @@ class DistHelper:
         gathered = [mine]
         if self.table is not None:
             gathered = self._gather(mine)
-            merge_ranks(records, gathered, self.table)
+            by_record = merge_ranks(records, gathered, self.table)
             if self.sharded:   # the whole tensors' norms from the ranks' pieces
-                per_rank = [{int(r["step"]): r for r in rows} for rows in gathered]
-                for rec in records:
-                    merge_shards(rec, self.sharded, self.copies, [pr.get(rec.step, {}).get("shards") for pr in per_rank])
+                for rec, rows in zip(records, by_record):
+                    merge_shards(rec, self.sharded, self.copies, [r.get("shards") for r in rows])
         try:
             rows = self._noise_rows(gathered)
         except Exception as exc:

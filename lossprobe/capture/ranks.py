@@ -43,11 +43,18 @@ def launcher_rank(keys: Sequence[str] = GLOBAL_RANK_VARS) -> int | None:
         launcher_rank()          # 3
     """
     for key in keys:
-        try:
-            return int(os.environ[key])
-        except (KeyError, ValueError):
-            continue
+        value = env_int(key)
+        if value is not None:
+            return value
     return None
+
+
+def env_int(key: str) -> int | None:
+    """The integer in environment variable ``key``, or None (unset or not an integer)."""
+    try:
+        return int(os.environ[key])
+    except (KeyError, ValueError):
+        return None
 
 
 def rank_summaries(records: Sequence[StepRecord], by_step: dict[int, dict[str, float]] | None = None
@@ -74,13 +81,16 @@ def rank_summaries(records: Sequence[StepRecord], by_step: dict[int, dict[str, f
 
 
 def merge_ranks(records: Sequence[StepRecord], gathered: Sequence[Sequence[dict[str, float]]],
-                table: RankTable) -> None:
+                table: RankTable) -> list[list[dict[str, float]]]:
     """Per-rank rows (``gathered[r]``: rank r's :func:`rank_summaries`) into ``table``; each
     record gets the cross-rank mean loss (a non-finite loss on any rank wins) and the worst
-    non-finite input/output flags."""
+    non-finite input/output flags. Returns each record's rows, one per rank ({} where a rank
+    sent none), for what a backend merges besides (FSDP2's shard pieces)."""
     per_rank = [{int(r["step"]): r for r in rows} for rows in gathered]
+    by_record = []
     for rec in records:
         rows = [pr.get(rec.step, {}) for pr in per_rank]
+        by_record.append(rows)
         table.append(rec.step, rows)
         seen = [r for r in rows if "loss_nonfinite" in r]
         if seen:
@@ -91,3 +101,4 @@ def merge_ranks(records: Sequence[StepRecord], gathered: Sequence[Sequence[dict[
             vals = [r[name] for r in rows if name in r and not math.isnan(r[name])]
             if vals:   # as capture.spec says the ranks combine it
                 setattr(rec, name, float(combine(RANK_COMBINE[name], np.array(vals))))
+    return by_record
