@@ -37,17 +37,17 @@ class _Ring:
         self.data = np.full((capacity, *row_shape), np.nan if dtype is float else 0, dtype=dtype)
         self.capacity = capacity
         self.count = 0  # total rows ever appended
-        self._view: np.ndarray | None = None
-        self._view_count = -1
+        self._view: np.ndarray | None = None   # the rows oldest first, until the next append
 
     def append(self, row) -> None:
         self.data[self.count % self.capacity] = row
         self.count += 1
+        self._view = None   # dropped, not kept beside the ring: memory stays the ring's
 
     def view(self) -> np.ndarray:
-        """Rows oldest first, read-only (a copy when the ring has wrapped, made once per
-        append: the rules of one evaluation read the same series many times)."""
-        if self._view is not None and self._view_count == self.count:
+        """Rows oldest first, read-only (a copy when the ring has wrapped, made once between
+        appends: the rules of one evaluation read the same series many times)."""
+        if self._view is not None:
             return self._view
         n = min(self.count, self.capacity)
         if self.count <= self.capacity:
@@ -56,7 +56,7 @@ class _Ring:
             start = self.count % self.capacity
             v = np.concatenate([self.data[start:], self.data[:start]])
         v.flags.writeable = False
-        self._view, self._view_count = v, self.count
+        self._view = v
         return v
 
 
