@@ -1,12 +1,19 @@
-"""Step-time ratios with their spread, from configurations timed side by side in blocks.
+"""Step-time ratios with their spread, measured side by side.
 
-Every benchmark runs its configurations interleaved, block after block, so drift on the machine
-(another process, the CPU clock) hits all of them alike. A ratio is taken *within* each block
-(configuration time / un-probed time of the same block) and the blocks' ratios are summarised by
-their median and their interquartile range: the spread says how far a figure can be trusted on
-this machine, and a target like 1.03 is only met when the range says so.
+A configuration is timed against an un-probed twin in the same process and at the same time:
+two copies of the model (same seed, same data) train in alternating chunks of steps
+(:func:`alternate`), so drift on the machine -- another process, the CPU clock, a noisy
+neighbour, which on this 2-core machine moves the plain step time by 20% within seconds --
+hits both alike. Each block builds a fresh pair, and which copy carries the probe alternates
+from block to block, so neither copy's memory layout (worth a few % on its own) is always
+the probed one. A ratio is taken within each block (configured time / twin's time) and the
+blocks' ratios are summarised by their median and interquartile range: the spread says how
+far a figure can be trusted on this machine, and a target like 1.03 is only met when the
+range says so. The same procedure with nothing attached (an "A/A" pair) shows the method's
+own bias and spread, and every benchmark prints it.
 
-    from _ratio import Paired
+    from _ratio import Paired, alternate
+    base_s, conf_s = alternate(run_chunk, rounds=4)   # run_chunk(0 or 1) -> seconds of one chunk
     r = Paired.of(times["lossprobe-default"], times["plain"])
     print(r)              # "1.042 (IQR 1.031-1.055, 7 blocks)"
 """
@@ -14,6 +21,22 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
+from typing import Callable
+
+
+def alternate(run_chunk: Callable[[int], float], rounds: int, warm: int = 2) -> tuple[float, float]:
+    """Seconds spent by copy 0 (the twin) and copy 1 (the configured one) over ``rounds``
+    rounds of one chunk each, after ``warm`` untimed chunks each. The order inside a round
+    alternates (0 1, 1 0, ...), so neither copy always runs right after the other's chunk.
+    ``run_chunk(i)`` trains copy ``i`` for one chunk and returns the seconds it took."""
+    for _ in range(warm):
+        run_chunk(0)
+        run_chunk(1)
+    spent = [0.0, 0.0]
+    for r in range(rounds):
+        for i in ((0, 1) if r % 2 == 0 else (1, 0)):
+            spent[i] += run_chunk(i)
+    return spent[0], spent[1]
 
 
 @dataclass(frozen=True)
@@ -26,7 +49,11 @@ class Paired:
     @classmethod
     def of(cls, times: list[float], base: list[float]) -> "Paired":
         """Ratios block by block (``times[i] / base[i]``): median and quartiles."""
-        ratios = sorted(t / b for t, b in zip(times, base) if b > 0)
+        return cls.from_ratios([t / b for t, b in zip(times, base) if b > 0])
+
+    @classmethod
+    def from_ratios(cls, ratios: list[float]) -> "Paired":
+        ratios = sorted(ratios)
         if len(ratios) == 1:
             return cls(ratios[0], ratios[0], ratios[0], 1)
         q = statistics.quantiles(ratios, n=4, method="inclusive")

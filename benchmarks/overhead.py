@@ -1,12 +1,20 @@
 """Overhead benchmark: step-time ratios of probed vs un-probed training, side by side.
 
-Configurations run interleaved (A B C ... A B C ...) in blocks on the same model and data;
-each block's time per step is measured after warm-up and the median over blocks is taken,
-so drift on the machine hits every configuration alike; a ratio is taken within each block and
-the blocks' ratios give the median and the interquartile range (``_ratio.Paired``). Wall time
-and process CPU time (every thread: the probe's worker too) are both measured. Printed at the
-end, one line per configuration:
-``name ratio=R iqr=Q1-Q3 cpu_ratio=C`` (step time / un-probed step time in the same block).
+Every configuration is timed against an un-probed twin: two copies of the model (same seed,
+same batch) in one process train in alternating chunks of ``--chunk`` steps (the probe's
+flush_every, so each probed chunk holds one flush and its processing), ``--rounds`` chunks
+each per block; which copy is instrumented alternates from block to block, and the order of
+the configurations rotates (``_ratio.alternate``). Machine drift then hits both copies alike.
+A ratio is taken within each block; the blocks' ratios give the median and interquartile
+range (``_ratio.Paired``). Two calibration lines come with every model:
+
+* ``A/A``: neither copy instrumented -- the method's own bias and spread;
+* ``un-probed-beside-a-probe``: the twin's cost of a probe elsewhere in the process (the
+  process-wide module hooks every forward passes through). The twin of a probed copy pays
+  it too, so a probed ratio understates the probe's cost by about that much.
+
+Printed at the end, one line per configuration:
+``name ratio=R iqr=Q1-Q3`` (step time / the un-probed twin's step time in the same block).
 
     python benchmarks/overhead.py                 # PyTorch MLP + CNN (+ Keras, Paddle if installed)
     python benchmarks/overhead.py --quick         # fewer blocks
@@ -24,12 +32,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _ratio import Paired  # noqa: E402
+from _ratio import Paired, alternate  # noqa: E402
 
 
 # ---------------------------------------------------------------------- torch
@@ -48,13 +58,22 @@ def torch_models(device):
     return {"mlp": (mlp, x_mlp, y), "cnn": (cnn, x_cnn, y)}
 
 
-def torch_configs(sync_debug: bool, with_wandb: bool = True):
-    """name -> context factory(model, opt) that sets up and tears down the probe."""
+@dataclass
+class Contender:
+    """How one configuration instruments its copy of the model: ``setup(model, opt)`` a
+    context held over the whole block (attach the probe, wandb.watch), ``around_chunk()`` a
+    context around each of its timed chunks (detect_anomaly, which is process-wide)."""
+    setup: Callable
+    around_chunk: Callable | None = None
+
+
+def torch_configs(sync_debug: bool, with_wandb: bool = True) -> dict[str, Contender]:
+    """name -> Contender; "plain" is the A/A pair (nothing attached to either copy)."""
     import torch
     import lossprobe
 
     @contextlib.contextmanager
-    def plain(model, opt):
+    def nothing(*_):
         yield
 
     def probe(cfg):
@@ -71,9 +90,17 @@ def torch_configs(sync_debug: bool, with_wandb: bool = True):
         return contextlib.contextmanager(f)
 
     @contextlib.contextmanager
-    def anomaly(model, opt):
-        with torch.autograd.detect_anomaly(check_nan=True):
+    def beside_a_probe():
+        """A probe on a third, idle model: the hooks every module call in the process passes
+        through (what the un-probed twin pays while the other copy is probed)."""
+        from torch import nn
+        other = nn.Linear(2, 2)
+        p = lossprobe.attach(other, optimizer=torch.optim.SGD(other.parameters(), lr=0.1), sinks=[])
+        other(torch.zeros(1, 2))   # one forward: the twin's losses are then told from its own
+        try:
             yield
+        finally:
+            p.detach()
 
     @contextlib.contextmanager
     def wandb_watch(model, opt):
@@ -87,66 +114,95 @@ def torch_configs(sync_debug: bool, with_wandb: bool = True):
             run.finish()
 
     configs = {
-        "plain": plain,
-        "lossprobe-default": probe(lossprobe.Config()),
-        "lossprobe-every-signal": probe(lossprobe.Config(flush_every=1, activation_every=1)),
-        "detect_anomaly": anomaly,
+        "plain": Contender(nothing),
+        "lossprobe-default": Contender(probe(lossprobe.Config())),
+        "lossprobe-every-signal": Contender(probe(lossprobe.Config(flush_every=1, activation_every=1))),
+        "detect_anomaly": Contender(nothing, lambda: torch.autograd.detect_anomaly(check_nan=True)),
+        "un-probed-beside-a-probe": Contender(nothing, beside_a_probe),
     }
     if with_wandb:
         try:
             import wandb  # noqa: F401
-            configs["wandb.watch-all"] = wandb_watch
+            configs["wandb.watch-all"] = Contender(wandb_watch)
         except ImportError:
             pass
     return configs
 
 
 def bench_torch(args) -> dict[str, dict]:
+    """Each configuration against its un-probed twin, block by block (``_ratio.alternate``)."""
     import torch
     from torch import nn
     torch.set_num_threads(1)
     device = args.device
+    cuda = device.startswith("cuda")
     results = {}
-    for mname, (make, x, y) in torch_models(device).items():
-        configs = torch_configs(sync_debug=device.startswith("cuda"), with_wandb=not args.no_wandb)
+    models = torch_models(device)
+    jobs = [(m, False) for m in args.models.split(",")]
+    if not args.no_wandb:   # last: wandb's service process stays up once started and takes CPU
+        jobs += [(m, True) for m in args.models.split(",")]
+    for mname, watch_phase in jobs:
+        make, x, y = models[mname]
+        configs = torch_configs(sync_debug=cuda, with_wandb=watch_phase)
+        if watch_phase:
+            if "wandb.watch-all" not in configs:
+                continue
+            configs = {c: configs[c] for c in ("plain", "wandb.watch-all")}
+        else:
+            configs.pop("wandb.watch-all", None)
         loss_fn = nn.CrossEntropyLoss()
-        times: dict[str, list[float]] = {c: [] for c in configs}
-        cpu: dict[str, list[float]] = {c: [] for c in configs}
+        ratios: dict[str, list[float]] = {c: [] for c in configs}
+        twin_step: dict[str, list[float]] = {c: [] for c in configs}
         names = list(configs)
+        t_start = time.perf_counter()
         for block in range(args.blocks):
             k = block % len(names)
             for cname in names[k:] + names[:k]:  # rotate: no configuration always goes first
-                ctx = configs[cname]
-                torch.manual_seed(0)
-                model = make()
-                opt = torch.optim.SGD(model.parameters(), lr=0.01)
-                with ctx(model, opt):
-                    for i in range(args.warmup + args.steps):
-                        if i == args.warmup:
-                            if device.startswith("cuda"):
-                                torch.cuda.synchronize()
-                            t0, c0 = time.perf_counter(), time.process_time()
-                        loss = loss_fn(model(x), y)
-                        opt.zero_grad()
-                        loss.backward()
-                        opt.step()
-                    if device.startswith("cuda"):
-                        torch.cuda.synchronize()
-                    times[cname].append((time.perf_counter() - t0) / args.steps)
-                    cpu[cname].append((time.process_time() - c0) / args.steps)
-        base = statistics.median(times["plain"])
-        print(f"\n[torch {mname} on {device}] plain step = {base * 1e3:.3f} ms, {args.blocks} blocks x {args.steps} steps")
-        for cname, ts in times.items():
-            r, c = Paired.of(ts, times["plain"]), Paired.of(cpu[cname], cpu["plain"])
-            print(f"  {cname:<24} {statistics.median(ts) * 1e3:8.3f} ms/step  ratio {r}  cpu {c.median:.3f}")
-            if cname != "plain":
-                results[f"torch-{mname}-{cname}"] = {**r.as_dict(), "cpu_ratio": c.median}
-        every, watch = times["lossprobe-every-signal"], times.get("wandb.watch-all")
-        if watch:
-            added_probe = statistics.median(every) - base
-            added_watch = statistics.median(watch) - base
-            print(f"  added time: lossprobe every-signal {added_probe * 1e3:.3f} ms vs wandb.watch {added_watch * 1e3:.3f} ms "
-                  f"-> {added_watch / max(added_probe, 1e-9):.1f}x cheaper")
+                pair = []
+                for _ in range(2):
+                    torch.manual_seed(0)
+                    model = make()
+                    pair.append((model, torch.optim.SGD(model.parameters(), lr=0.01)))
+                if block % 2:                    # the other copy carries the configuration
+                    pair.reverse()
+                contender = configs[cname]
+                around = contender.around_chunk
+
+                def run_chunk(i: int) -> float:
+                    model, opt = pair[i]
+                    with (around() if (i == 1 and around is not None) else contextlib.nullcontext()):
+                        if cuda:
+                            torch.cuda.synchronize()
+                        t0 = time.perf_counter()
+                        for _ in range(args.chunk):
+                            loss = loss_fn(model(x), y)
+                            opt.zero_grad()
+                            loss.backward()
+                            opt.step()
+                        if cuda:
+                            torch.cuda.synchronize()
+                        return time.perf_counter() - t0
+
+                with contender.setup(*pair[1]):
+                    base_s, conf_s = alternate(run_chunk, args.rounds)
+                ratios[cname].append(conf_s / base_s)
+                twin_step[cname].append(base_s / (args.rounds * args.chunk))
+        base = statistics.median(t for ts in twin_step.values() for t in ts)
+        phase = " (wandb.watch, after the rest)" if watch_phase else ""
+        print(f"\n[torch {mname} on {device}{phase}] un-probed step = {base * 1e3:.3f} ms; {args.blocks} blocks, "
+              f"each {args.rounds} alternating chunks of {args.chunk} steps per copy; {time.perf_counter() - t_start:.0f} s")
+        for cname, rs in ratios.items():
+            r = Paired.from_ratios(rs)
+            label = "A/A: both copies un-probed" if cname == "plain" else cname
+            print(f"  {label:<28} ratio {r}  added {(r.median - 1) * base * 1e6:7.0f} us/step")
+            results[f"torch-{mname}-{cname}" + ("-wandb-phase" if watch_phase and cname == "plain" else "")] = r.as_dict()
+            if args.verbose:
+                print("    blocks:", " ".join(f"{v:.3f}" for v in rs))
+        if watch_phase:
+            every = results[f"torch-{mname}-lossprobe-every-signal"]["ratio"] - 1
+            watch = statistics.median(ratios["wandb.watch-all"]) - 1
+            print(f"  added time relative to the twin: lossprobe every-signal {every:.3f} (above) vs wandb.watch "
+                  f"{watch:.3f} -> {watch / max(every, 1e-9):.1f}x cheaper")
     return results
 
 
@@ -176,7 +232,8 @@ def bench_subprocess(framework: str, args) -> dict[str, dict]:
     if not script.exists():
         print(f"\n[{framework}] skipped: {script.name} not present")
         return {}
-    out = subprocess.run([sys.executable, str(script), "--blocks", str(args.blocks), "--steps", str(args.steps)],
+    out = subprocess.run([sys.executable, str(script), "--blocks", str(args.blocks), "--rounds", str(args.rounds),
+                          "--chunk", str(args.chunk)],
                          capture_output=True, text=True)
     print(out.stdout, end="")
     if out.returncode != 0:
@@ -189,16 +246,18 @@ def bench_subprocess(framework: str, args) -> dict[str, dict]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--blocks", type=int, default=7)
-    ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=4, help="timed chunks per copy in a block")
+    ap.add_argument("--chunk", type=int, default=20, help="steps per chunk (the probe's flush_every)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--models", default="mlp,cnn")
+    ap.add_argument("--verbose", action="store_true", help="print every block's ratio")
     ap.add_argument("--frameworks", default="torch,keras,paddle")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-wandb", action="store_true",
                     help="leave out wandb.watch: its background service process competes for the cores")
     args = ap.parse_args()
     if args.quick:
-        args.blocks, args.steps = 3, 100
+        args.blocks, args.rounds = 3, 2
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_MODE", "offline")
     results: dict[str, dict] = {}
@@ -211,8 +270,7 @@ def main() -> int:
             results.update(bench_subprocess(fw, args))
     print("\n# ratios (step time / un-probed step time in the same block; median, interquartile range)")
     for name, r in results.items():
-        cpu = f" cpu_ratio={r['cpu_ratio']:.3f}" if "cpu_ratio" in r else ""
-        print(f"{name} ratio={r['ratio']:.3f} iqr={r['q1']:.3f}-{r['q3']:.3f}{cpu}")
+        print(f"{name} ratio={r['ratio']:.3f} iqr={r['q1']:.3f}-{r['q3']:.3f}")
     return 0
 
 

@@ -2,21 +2,23 @@
 
 Run on its own (TensorFlow only; this process never imports torch or paddle)::
 
-    python benchmarks/overhead_keras.py                  # 7 blocks, 120 timed steps per fit
-    python benchmarks/overhead_keras.py --blocks 3 --steps 100
+    python benchmarks/overhead_keras.py                  # 7 blocks x 4 fits of 20 timed steps per copy
+    python benchmarks/overhead_keras.py --blocks 3 --rounds 2
     python benchmarks/overhead.py --frameworks keras      # the same, from the driver
 
 The model is the design note's anchor: a 4-layer MLP (784-512-512-512-10, ReLU), batch 128,
-random numpy data, SGD, one intra-op thread. Configurations run interleaved in blocks
-(the order rotates from block to block); in every block each configuration gets a fresh
-model, ``compile``, and (for the probed ones) ``lossprobe.attach(model, sinks=[])`` *before*
-``fit`` and ``detach`` after it, both outside the timed region. One ``fit`` call covers
-``--warmup`` + ``--steps`` batches in a single epoch; a timing callback starts the clock at the
-beginning of batch ``--warmup`` (tracing and XLA compilation happen in the first batch, so they
-are excluded) and stops it at the epoch's end, where Keras has synchronized the logs. The timing
-callback uses no batch-end hook, so Keras keeps its asynchronous batch-end dispatch, as in a
-plain ``fit``. The median over blocks is reported; the last stdout line is
-``RESULT {"keras-fit-lossprobe-default": ratio, ...}`` for ``benchmarks/overhead.py``.
+random numpy data, SGD, one intra-op thread. Each configuration is timed against an
+un-probed twin in the same process: two compiled copies (same seed) take turns, one ``fit``
+call of ``--warmup`` + ``--chunk`` batches each, ``--rounds`` turns per block, and which copy
+is probed alternates from block to block (``_ratio.alternate``). ``lossprobe.attach(model,
+sinks=[])`` happens before the block's first fit and ``detach`` after its last, both untimed.
+A timing callback starts the clock at the beginning of batch ``--warmup`` of each fit (tracing
+and XLA compilation happen in the first fit and batch, and the fit's own set-up is not a
+training step) and stops it at the epoch's end, where Keras has synchronized the logs; it uses
+no batch-end hook, so Keras keeps its asynchronous batch-end dispatch, as in a plain ``fit``.
+"plain" is the A/A pair (neither copy probed): the method's own bias and spread. The median
+over blocks is reported; the last stdout line is ``RESULT {"keras-fit-lossprobe-default":
+ratio, ...}`` for ``benchmarks/overhead.py``.
 """
 from __future__ import annotations
 
@@ -46,14 +48,13 @@ import keras  # noqa: E402
 
 import lossprobe  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _ratio import Paired  # noqa: E402
+from _ratio import Paired, alternate  # noqa: E402
 
 BATCH = 128
 
 
 def make_model(jit: bool) -> keras.Model:
     """A fresh, compiled 4-layer MLP (same seed every time)."""
-    keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     model = keras.Sequential([
         keras.Input((784,)),
@@ -69,13 +70,16 @@ def make_model(jit: bool) -> keras.Model:
 
 
 class StepTimer(keras.callbacks.Callback):
-    """Wall time from the start of batch ``warmup`` to the end of the epoch, per step."""
+    """Wall time from the start of batch ``warmup`` to the end of the epoch."""
 
-    def __init__(self, warmup: int, steps: int):
+    def __init__(self, warmup: int):
         super().__init__()
-        self.warmup, self.steps = warmup, steps
+        self.warmup = warmup
         self.t0: float | None = None
-        self.per_step: float | None = None
+        self.seconds: float | None = None
+
+    def on_train_begin(self, logs=None):
+        self.t0 = self.seconds = None
 
     def on_train_batch_begin(self, batch, logs=None):
         if batch == self.warmup:
@@ -83,38 +87,47 @@ class StepTimer(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if self.t0 is not None:
-            self.per_step = (time.perf_counter() - self.t0) / self.steps
+            self.seconds = time.perf_counter() - self.t0
 
 
-def run_once(jit: bool, probed: bool, x: np.ndarray, y: np.ndarray, args) -> float:
-    """One fit of warmup + steps batches; seconds per timed step."""
-    model = make_model(jit)
-    probe = lossprobe.attach(model, sinks=[]) if probed else None   # untimed
-    timer = StepTimer(args.warmup, args.steps)
+def block_ratio(jit: bool, probed: bool, flip: bool, x: np.ndarray, y: np.ndarray, args) -> tuple[float, float]:
+    """(configured time / twin time, twin seconds per step) of one block."""
+    keras.backend.clear_session()
+    pair = [make_model(jit), make_model(jit)]
+    if flip:
+        pair.reverse()
+    probe = lossprobe.attach(pair[1], sinks=[]) if probed else None   # untimed
+    timer = StepTimer(args.warmup)
+
+    def run_chunk(i: int) -> float:
+        pair[i].fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[timer])
+        if timer.seconds is None:
+            raise RuntimeError("the timing callback never started: fewer batches than --warmup?")
+        return timer.seconds
+
     try:
-        model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[timer])
+        base_s, conf_s = alternate(run_chunk, args.rounds)
     finally:
         if probe is not None:
-            probe.detach()                                          # untimed
-    if timer.per_step is None:
-        raise RuntimeError("the timing callback never started: fewer batches than --warmup?")
+            probe.detach()                                            # untimed
     if probe is not None:  # the probe must really have recorded the steps it was timed on
-        seen = len(probe.history.steps())
-        if seen < min(args.warmup + args.steps, probe.config.window):
-            print(f"  warning: probe recorded {seen} of {args.warmup + args.steps} steps (jit={jit})")
-    return timer.per_step
+        seen, ran = len(probe.history.steps()), (args.rounds + 2) * (args.warmup + args.chunk)
+        if seen < min(ran, probe.config.window):
+            print(f"  warning: probe recorded {seen} of {ran} steps (jit={jit})")
+    return conf_s / base_s, base_s / (args.rounds * args.chunk)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--blocks", type=int, default=7)
-    ap.add_argument("--steps", type=int, default=120, help="timed steps per fit")
-    ap.add_argument("--warmup", type=int, default=20, help="untimed steps at the start of each fit")
+    ap.add_argument("--rounds", type=int, default=4, help="timed fits per copy in a block")
+    ap.add_argument("--chunk", type=int, default=20, help="timed batches per fit")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed batches at the start of each fit")
     ap.add_argument("--no-jit", action="store_true", help="skip the jit_compile=True pair")
     args = ap.parse_args()
 
     rng = np.random.default_rng(0)
-    n = (args.warmup + args.steps) * BATCH
+    n = (args.warmup + args.chunk) * BATCH
     x = rng.standard_normal((n, 784), dtype=np.float32)
     y = rng.integers(0, 10, n).astype(np.int64)
 
@@ -122,31 +135,33 @@ def main() -> int:
     configs = {"keras-fit-plain": (False, False), "keras-fit-lossprobe-default": (False, True)}
     if not args.no_jit:
         try:
-            run_once(True, True, x[: (args.warmup + 2) * BATCH], y[: (args.warmup + 2) * BATCH],
-                     argparse.Namespace(warmup=args.warmup, steps=2))
+            block_ratio(True, True, False, x, y, argparse.Namespace(warmup=args.warmup, chunk=args.chunk, rounds=1))
             configs.update({"keras-fit-jit-plain": (True, False), "keras-fit-jit-lossprobe-default": (True, True)})
         except Exception as e:  # XLA missing or the probe refused it: report and go on
             print(f"[keras] jit_compile=True skipped: {type(e).__name__}: {e}")
 
-    times: dict[str, list[float]] = {c: [] for c in configs}
+    ratios: dict[str, list[float]] = {c: [] for c in configs}
+    twin: dict[str, list[float]] = {c: [] for c in configs}
     names = list(configs)
     t_start = time.perf_counter()
     for block in range(args.blocks):
         k = block % len(names)
         for name in names[k:] + names[:k]:  # rotate the order so no configuration always goes first
             jit, probed = configs[name]
-            times[name].append(run_once(jit, probed, x, y, args))
+            r, step = block_ratio(jit, probed, bool(block % 2), x, y, args)
+            ratios[name].append(r)
+            twin[name].append(step)
 
     print(f"\n[keras mlp fit, tensorflow {tf.__version__}, keras {keras.__version__}, 1 thread] "
-          f"{args.blocks} blocks x {args.steps} timed steps (+{args.warmup} warm-up), "
+          f"{args.blocks} blocks, each {args.rounds} fits of {args.chunk} timed steps (+{args.warmup}) per copy, "
           f"{time.perf_counter() - t_start:.0f} s")
     results: dict[str, dict] = {}
-    for name, ts in times.items():
-        base_name = "keras-fit-jit-plain" if configs[name][0] else "keras-fit-plain"
-        r = Paired.of(ts, times[base_name])   # within each block
-        print(f"  {name:<34} {statistics.median(ts) * 1e3:8.3f} ms/step  ratio {r}")
-        if configs[name][1]:
-            results[name] = r.as_dict()
+    for name, rs in ratios.items():
+        r = Paired.from_ratios(rs)
+        base = statistics.median(twin[name])
+        label = f"A/A ({name}): both un-probed" if not configs[name][1] else name
+        print(f"  {label:<40} twin {base * 1e3:7.3f} ms/step  ratio {r}  added {(r.median - 1) * base * 1e6:6.0f} us/step")
+        results[name] = r.as_dict()
     print("RESULT " + json.dumps(results))
     return 0
 

@@ -2,8 +2,8 @@
 
 Run on its own (Paddle only; this process never imports torch or TensorFlow)::
 
-    python benchmarks/overhead_paddle.py                 # 7 blocks, 150 timed steps per run
-    python benchmarks/overhead_paddle.py --blocks 3 --steps 100
+    python benchmarks/overhead_paddle.py                 # 7 blocks x 4 chunks of 20 steps per copy
+    python benchmarks/overhead_paddle.py --blocks 3 --rounds 2
     python benchmarks/overhead.py --frameworks paddle     # the same, from the driver
 
 The model is the design note's anchor: a 4-layer MLP (784-512-512-512-10, ReLU), batch 128,
@@ -14,10 +14,12 @@ configuration adds the one documented line::
     loss.backward(); opt.step(); opt.clear_grad()
     probe.observe(loss, targets=y)          # only when probed
 
-Configurations run interleaved in blocks (the order rotates from block to block); in every
-block each configuration gets a fresh network and optimizer, and ``lossprobe.attach(net,
-optimizer=opt, sinks=[])`` / ``detach()`` happen outside the timed region. The first
-``--warmup`` steps are not timed. The median over blocks is reported; the last stdout line is
+Each configuration is timed against an un-probed twin in the same process: two copies of the
+network (same seed) train in alternating chunks of ``--chunk`` steps, ``--rounds`` chunks each
+per block, and which copy is probed alternates from block to block (``_ratio.alternate``).
+``lossprobe.attach(net, optimizer=opt, sinks=[])`` / ``detach()`` happen outside the timed
+chunks. "plain" is the A/A pair (neither copy probed): the method's own bias and spread. The
+median over blocks is reported; the last stdout line is
 ``RESULT {"paddle-loop-lossprobe-default": ratio, ...}`` for ``benchmarks/overhead.py``.
 """
 from __future__ import annotations
@@ -44,7 +46,7 @@ from paddle import nn  # noqa: E402
 
 import lossprobe  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _ratio import Paired  # noqa: E402
+from _ratio import Paired, alternate  # noqa: E402
 
 BATCH = 128
 
@@ -62,39 +64,48 @@ def make_net() -> nn.Layer:
                          nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
 
 
-def run_once(probed: bool, x: paddle.Tensor, y: paddle.Tensor, args) -> float:
-    """warmup + steps training steps on a fresh network; seconds per timed step."""
-    net = make_net()
-    opt = paddle.optimizer.SGD(learning_rate=0.01, parameters=net.parameters())
+def block_ratio(probed: bool, flip: bool, x: paddle.Tensor, y: paddle.Tensor, args) -> tuple[float, float]:
+    """(configured time / twin time, twin seconds per step) of one block."""
+    pair = []
+    for _ in range(2):
+        net = make_net()
+        pair.append((net, paddle.optimizer.SGD(learning_rate=0.01, parameters=net.parameters())))
+    if flip:
+        pair.reverse()
     loss_fn = nn.CrossEntropyLoss()
-    probe = lossprobe.attach(net, optimizer=opt, sinks=[]) if probed else None   # untimed
-    try:
-        for i in range(args.warmup + args.steps):
-            if i == args.warmup:
-                t0 = time.perf_counter()
+    probe = lossprobe.attach(pair[1][0], optimizer=pair[1][1], sinks=[]) if probed else None   # untimed
+
+    def run_chunk(i: int) -> float:
+        net, opt = pair[i]
+        observe = probe.observe if (probe is not None and i == 1) else None
+        t0 = time.perf_counter()
+        for _ in range(args.chunk):
             loss = loss_fn(net(x), y)
             loss.backward()
             opt.step()
             opt.clear_grad()
-            if probe is not None:
-                probe.observe(loss, targets=y)
-        float(loss)  # make sure the last step has finished (a no-op wait on CPU)
-        per_step = (time.perf_counter() - t0) / args.steps
+            if observe is not None:
+                observe(loss, targets=y)
+        float(loss)  # the chunk's last step has finished (a no-op wait on CPU)
+        return time.perf_counter() - t0
+
+    try:
+        base_s, conf_s = alternate(run_chunk, args.rounds)
     finally:
         if probe is not None:
-            probe.detach()                                                      # untimed
+            probe.detach()                                                                  # untimed
     if probe is not None:  # the probe must really have recorded the steps it was timed on
-        seen = len(probe.history.steps())
-        if seen < min(args.warmup + args.steps, probe.config.window):
-            print(f"  warning: probe recorded {seen} of {args.warmup + args.steps} steps")
-    return per_step
+        seen, ran = len(probe.history.steps()), (args.rounds + 2) * args.chunk
+        if seen < min(ran, probe.config.window):
+            print(f"  warning: probe recorded {seen} of {ran} steps")
+    return conf_s / base_s, base_s / (args.rounds * args.chunk)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--blocks", type=int, default=7)
-    ap.add_argument("--steps", type=int, default=150, help="timed steps per run")
-    ap.add_argument("--warmup", type=int, default=20, help="untimed steps at the start of each run")
+    ap.add_argument("--rounds", type=int, default=4, help="timed chunks per copy in a block")
+    ap.add_argument("--chunk", type=int, default=20, help="steps per chunk (the probe's flush_every)")
     args = ap.parse_args()
     paddle.set_device("cpu")
     set_one_thread()
@@ -105,22 +116,26 @@ def main() -> int:
 
     configs = {"paddle-loop-plain": False, "paddle-loop-lossprobe-default": True}
     names = list(configs)
-    times: dict[str, list[float]] = {c: [] for c in configs}
+    ratios: dict[str, list[float]] = {c: [] for c in configs}
+    twin: list[float] = []
     t_start = time.perf_counter()
     for block in range(args.blocks):
         k = block % len(names)
         for name in names[k:] + names[:k]:  # rotate the order so no configuration always goes first
-            times[name].append(run_once(configs[name], x, y, args))
+            r, step = block_ratio(configs[name], bool(block % 2), x, y, args)
+            ratios[name].append(r)
+            twin.append(step)
 
-    print(f"\n[paddle mlp dygraph loop, paddle {paddle.__version__}, 1 thread] "
-          f"{args.blocks} blocks x {args.steps} timed steps (+{args.warmup} warm-up), "
+    base = statistics.median(twin)
+    print(f"\n[paddle mlp dygraph loop, paddle {paddle.__version__}, 1 thread] un-probed step = {base * 1e3:.3f} ms; "
+          f"{args.blocks} blocks, each {args.rounds} alternating chunks of {args.chunk} steps per copy, "
           f"{time.perf_counter() - t_start:.0f} s")
     results: dict[str, dict] = {}
-    for name, ts in times.items():
-        r = Paired.of(ts, times["paddle-loop-plain"])   # within each block
-        print(f"  {name:<34} {statistics.median(ts) * 1e3:8.3f} ms/step  ratio {r}")
-        if configs[name]:
-            results[name] = r.as_dict()
+    for name, rs in ratios.items():
+        r = Paired.from_ratios(rs)
+        label = "A/A: both copies un-probed" if not configs[name] else name
+        print(f"  {label:<34} ratio {r}  added {(r.median - 1) * base * 1e6:7.0f} us/step")
+        results[name] = r.as_dict()
     print("RESULT " + json.dumps(results))
     return 0
 
