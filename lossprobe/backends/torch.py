@@ -55,6 +55,7 @@ _LOSS_KINDS: list[tuple[type, str]] = [
 _FROM_LOGITS = {"cross_entropy": True, "bce_logits": True, "nll": False, "bce": False}
 # The graph walk that looks for unregistered tensors stops after this many autograd nodes.
 FOREIGN_WALK_NODES = 20_000
+LOSS_INPUT_NODES = 64   # autograd nodes walked back from a loss's input to find this model's output
 
 
 def _tensors_in(obj, depth: int = 0) -> list:
@@ -65,6 +66,14 @@ def _tensors_in(obj, depth: int = 0) -> list:
         return []
     items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
     return [t for x in items for t in _tensors_in(x, depth + 1)]
+
+
+def _node_key(node) -> tuple | None:
+    """An autograd node's identity that outlives the tensors it made (a node cannot be
+    weak-referenced, and holding it would keep its graph): its address and its sequence
+    number, which autograd never hands out twice in a thread."""
+    seq = getattr(node, "_sequence_nr", None)
+    return (id(node), seq()) if seq is not None else None
 
 
 _ATTACHED: "weakref.WeakKeyDictionary[nn.Module, Any]" = weakref.WeakKeyDictionary()
@@ -262,8 +271,10 @@ class TorchBackend(EagerCapture):
                               readable=[i for i, p in enumerate(params) if _readable(_local_shard(p))])
         self._shapes_checked: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()   # loss modules looked at
         self._loss_facts: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+        self._in_forward = False              # between the model's forward pre-hook and its forward hook
         self._foreign: list | None = None     # weakrefs: trainable tensors the forward uses that are not params
         self._last_out = None                 # weakref to the model's latest output (tells our loss from another model's)
+        self._last_node: tuple | None = None  # _node_key of that output's autograd node (outlives the tensor)
         if optimizer is not None:
             self._bind_optimizer(optimizer)
 
@@ -326,6 +337,7 @@ class TorchBackend(EagerCapture):
 
     # -- forward ---------------------------------------------------------------------
     def _root_pre(self) -> None:
+        self._in_forward = True   # a loss module called before _root_post runs inside the model (HF)
         self.channel.boundary(raise_pending=False)  # queued sink updates that must run on this thread
         if not self._training():
             return
@@ -348,8 +360,10 @@ class TorchBackend(EagerCapture):
         self._act_out.clear()
 
     def _root_post(self, args, kwargs, output) -> None:
+        self._in_forward = False
         out = first_tensor(self.ops, output)
         self._last_out = weakref.ref(out) if out is not None else None
+        self._last_node = _node_key(getattr(out, "grad_fn", None))
         cur = self._cur
         if not self._training() or cur is None:
             return
@@ -408,8 +422,7 @@ class TorchBackend(EagerCapture):
             self._safe("facts", self._check_broadcast, module, args)
         if not isinstance(output, torch.Tensor) or output.numel() != 1:
             return
-        ours = len(_ATTACHED) == 1 or self._is_our_output(args[0] if args else None)
-        if not ours:
+        if not self._is_our_loss(args[0] if args else None):
             return  # several probed models in one process (GAN, teacher-student): not this one's loss
         if not self._training():
             self._add_val(output)   # validation: accumulated on the device, emitted at the next training step
@@ -442,6 +455,29 @@ class TorchBackend(EagerCapture):
             note = broadcast_note(_kind_of(module, _LOSS_KINDS) or "", x.shape, y.shape)
             if note:
                 self.facts.learn(loss_broadcast=note)
+
+    def _is_our_loss(self, received) -> bool:
+        """Is a loss module's input this model's: computed inside its forward (a loss the model
+        returns), its last output or a view of it, or computed from that output within
+        LOSS_INPUT_NODES autograd nodes (``log_softmax(out)``)? An input with an autograd graph
+        that does not reach the output belongs to another model (an EMA copy, a teacher, a
+        second network); one without a graph (validation under no_grad), or met before this
+        model's forward ever ran, is this model's when it is the only probed one."""
+        if self._in_forward or self._is_our_output(received):
+            return True
+        node, target = getattr(received, "grad_fn", None), self._last_node
+        if node is None or target is None:   # nothing to follow, or the model is used through
+            return len(_ATTACHED) == 1       # its methods (model.encode()), never its forward
+        seen, todo = set(), [node]
+        while todo and len(seen) < LOSS_INPUT_NODES:
+            n = todo.pop()
+            if n is None or id(n) in seen:
+                continue
+            if id(n) == target[0] and _node_key(n) == target:
+                return True
+            seen.add(id(n))
+            todo.extend(m for m, _ in n.next_functions)
+        return False
 
     def _is_our_output(self, t) -> bool:
         """Is ``t`` this model's last output, or a view of it (``out.view(-1)``, ``out[:, 0]``)?"""

@@ -270,6 +270,30 @@ def test_teacher_student_distillation():
     assert_healthy(ps, 60)
 
 
+def test_an_unprobed_model_trained_beside_the_probed_one_keeps_its_losses():
+    """Only one model is probed; a second one (a baseline, an auxiliary network) trains in the
+    same loop through the same kind of loss module. Its losses are not the probed model's;
+    an expression of the probed output (log_softmax, then NLLLoss) still is."""
+    torch.manual_seed(0)
+    model, other = mlp(), mlp(width=32)
+    opt, oopt = torch.optim.SGD(model.parameters(), lr=0.05), torch.optim.SGD(other.parameters(), lr=0.05)
+    nll, ce = nn.NLLLoss(), nn.CrossEntropyLoss()
+    probe = lossprobe.attach(model, optimizer=opt, sinks=[])
+    losses = []
+    for x, y in batches(40):
+        loss = nll(F.log_softmax(model(x), -1), y)
+        losses.append(loss.item())
+        opt.zero_grad(); loss.backward(); opt.step()
+        other_loss = ce(other(x) * 3.0, y)          # never the probed model's loss
+        oopt.zero_grad(); other_loss.backward(); oopt.step()
+    probe.detach()
+    h = probe.history
+    assert h.n_steps == 40
+    assert h.series("loss") == pytest.approx(losses, rel=1e-5)
+    assert h.facts.loss_kind == "nll" and probe.validation_losses_seen == 0
+    assert_healthy(probe, 40)
+
+
 def test_gan_with_two_optimizers():
     def train(probed):
         torch.manual_seed(0)
