@@ -769,18 +769,25 @@ class KerasBackend(CaptureGuard):
                 scale = tf.cast(opt.scale_loss(tf.constant(1.0)), tf.float32)
             except Exception:
                 scale = None
+        where, found = [], []
         for g, v in zip(grads, variables):
             i = self._var_idx.get(id(v))
             if i is None:
                 i = self._var_idx_by_path(v)
             if i is None or g is None:
                 continue
-            if isinstance(g, tf.IndexedSlices):
-                g = g.values
-            norms[i] = tf.norm(self.ops.f32(g))
-            if scale is not None:
-                norms[i] = norms[i] / scale
-        self._put("grad", tf.stack(norms))
+            where.append(i)
+            found.append(g.values if isinstance(g, tf.IndexedSlices) else g)
+        measured = self.ops.norm_vector(found) if found else None
+        if measured is not None and scale is not None:
+            measured = measured / scale
+        if measured is not None and where == list(range(self.layout.n_params)):
+            self._put("grad", measured)   # every parameter, in order: the vector as it is
+        else:
+            if measured is not None:
+                for k, i in enumerate(where):
+                    norms[i] = measured[k]
+            self._put("grad", tf.stack(norms))
         self._put_lr(opt)
 
     def _unmeasured_grads(self, opt) -> None:

@@ -116,15 +116,15 @@ def weight_sample(ops, w, index):
 
 def update_ratios(ops, before: Sequence, after: Sequence):
     """|after - before| / |before| per weight tensor (the samples of :func:`weight_sample`)."""
-    change = ops.stack(ops.norms(ops.diffs(after, before)))
-    return change / ops.clamp_min(ops.stack(ops.norms(before)), 1e-30)
+    change = ops.norm_vector(ops.diffs(after, before))
+    return change / ops.clamp_min(ops.norm_vector(before), 1e-30)
 
 
 def param_norms(ops, params: Sequence):
     """L2 norm of each parameter."""
-    return ops.stack(ops.norms([ops.f32(p) for p in params]))
+    return ops.norm_vector([ops.f32(p) for p in params])
 
 
 def squared_norm(ops, tensors: Sequence):
     """Sum of squared L2 norms of ``tensors`` (a float32 scalar)."""
-    return ops.sum(ops.stack(ops.norms(tensors)) ** 2)
+    return ops.sum(ops.norm_vector(tensors) ** 2)
