@@ -27,6 +27,8 @@ steps all pending device values are read to the host in one copy (``n_host_reads
 """
 from __future__ import annotations
 
+import collections
+
 import math
 import sys
 import weakref
@@ -55,7 +57,7 @@ _LOSS_KINDS: list[tuple[type, str]] = [
 _FROM_LOGITS = {"cross_entropy": True, "bce_logits": True, "nll": False, "bce": False}
 # The graph walk that looks for unregistered tensors stops after this many autograd nodes.
 FOREIGN_WALK_NODES = 20_000
-LOSS_INPUT_NODES = 64   # autograd nodes walked back from a loss's input to find this model's output
+LOSS_INPUT_NODES = 16   # autograd nodes walked back (nearest first) from a loss's input to this model's output
 
 
 def _tensors_in(obj, depth: int = 0) -> list:
@@ -468,9 +470,9 @@ class TorchBackend(EagerCapture):
         node, target = getattr(received, "grad_fn", None), self._last_node
         if node is None or target is None:   # nothing to follow, or the model is used through
             return len(_ATTACHED) == 1       # its methods (model.encode()), never its forward
-        seen, todo = set(), [node]
+        seen, todo = set(), collections.deque([node])
         while todo and len(seen) < LOSS_INPUT_NODES:
-            n = todo.pop()
+            n = todo.popleft()
             if n is None or id(n) in seen:
                 continue
             if id(n) == target[0] and _node_key(n) == target:
