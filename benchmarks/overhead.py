@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -129,8 +130,11 @@ def torch_configs(sync_debug: bool, with_wandb: bool = True) -> dict[str, Conten
     return configs
 
 
-def bench_torch(args) -> dict[str, dict]:
-    """Each configuration against its un-probed twin, block by block (``_ratio.alternate``)."""
+def bench_torch(args, watch: bool, earlier: dict | None = None) -> dict[str, dict]:
+    """Each configuration against its un-probed twin, block by block (``_ratio.alternate``);
+    ``watch``: only wandb.watch (run after everything else: once started, wandb's service
+    process stays up in this process's lifetime and takes CPU), set beside ``earlier``'s
+    every-signal ratio."""
     import torch
     from torch import nn
     torch.set_num_threads(1)
@@ -138,10 +142,8 @@ def bench_torch(args) -> dict[str, dict]:
     cuda = device.startswith("cuda")
     results = {}
     models = torch_models(device)
-    jobs = [(m, False) for m in args.models.split(",")]
-    if not args.no_wandb:   # last: wandb's service process stays up once started and takes CPU
-        jobs += [(m, True) for m in args.models.split(",")]
-    for mname, watch_phase in jobs:
+    for mname in args.models.split(","):
+        watch_phase = watch
         make, x, y = models[mname]
         configs = torch_configs(sync_debug=cuda, with_wandb=watch_phase)
         if watch_phase:
@@ -199,7 +201,7 @@ def bench_torch(args) -> dict[str, dict]:
             if args.verbose:
                 print("    blocks:", " ".join(f"{v:.3f}" for v in rs))
         if watch_phase:
-            every = results[f"torch-{mname}-lossprobe-every-signal"]["ratio"] - 1
+            every = (earlier or {}).get(f"torch-{mname}-lossprobe-every-signal", {}).get("ratio", math.nan) - 1
             watch = statistics.median(ratios["wandb.watch-all"]) - 1
             print(f"  added time relative to the twin: lossprobe every-signal {every:.3f} (above) vs wandb.watch "
                   f"{watch:.3f} -> {watch / max(every, 1e-9):.1f}x cheaper")
@@ -263,11 +265,13 @@ def main() -> int:
     results: dict[str, dict] = {}
     fws = args.frameworks.split(",")
     if "torch" in fws:
-        results.update(bench_torch(args))
+        results.update(bench_torch(args, watch=False))
         results.update(bench_history_memory())
     for fw in ("keras", "paddle"):
         if fw in fws:
             results.update(bench_subprocess(fw, args))
+    if "torch" in fws and not args.no_wandb:
+        results.update(bench_torch(args, watch=True, earlier=results))
     print("\n# ratios (step time / un-probed step time in the same block; median, interquartile range)")
     for name, r in results.items():
         print(f"{name} ratio={r['ratio']:.3f} iqr={r['q1']:.3f}-{r['q3']:.3f}")
