@@ -28,7 +28,6 @@ steps all pending device values are read to the host in one copy (``n_host_reads
 from __future__ import annotations
 
 import collections
-
 import math
 import sys
 import weakref
