@@ -130,13 +130,47 @@ def torch_configs(sync_debug: bool, with_wandb: bool = True) -> dict[str, Conten
     return configs
 
 
+def torch_pair(make, x, y, setup, args, flip: bool, around=None, cuda: bool = False) -> tuple[float, float]:
+    """Seconds of the un-probed twin and of the configured copy over one block
+    (``_ratio.alternate``): two copies from ``make`` (same seed), SGD, cross-entropy on
+    ``x, y``; ``setup(model, opt)`` instruments copy 1 for the block, ``around()`` each of its
+    chunks; ``flip`` swaps which copy that is."""
+    import torch
+    from torch import nn
+    pair = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = make()
+        pair.append((model, torch.optim.SGD(model.parameters(), lr=0.01)))
+    if flip:
+        pair.reverse()
+    loss_fn = nn.CrossEntropyLoss()
+
+    def run_chunk(i: int) -> float:
+        model, opt = pair[i]
+        with (around() if (i == 1 and around is not None) else contextlib.nullcontext()):
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(args.chunk):
+                loss = loss_fn(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            if cuda:
+                torch.cuda.synchronize()
+            return time.perf_counter() - t0
+
+    with setup(*pair[1]):
+        return alternate(run_chunk, args.rounds)
+
+
 def bench_torch(args, watch: bool, earlier: dict | None = None) -> dict[str, dict]:
     """Each configuration against its un-probed twin, block by block (``_ratio.alternate``);
     ``watch``: only wandb.watch (run after everything else: once started, wandb's service
     process stays up in this process's lifetime and takes CPU), set beside ``earlier``'s
     every-signal ratio."""
     import torch
-    from torch import nn
     torch.set_num_threads(1)
     device = args.device
     cuda = device.startswith("cuda")
@@ -152,7 +186,6 @@ def bench_torch(args, watch: bool, earlier: dict | None = None) -> dict[str, dic
             configs = {c: configs[c] for c in ("plain", "wandb.watch-all")}
         else:
             configs.pop("wandb.watch-all", None)
-        loss_fn = nn.CrossEntropyLoss()
         ratios: dict[str, list[float]] = {c: [] for c in configs}
         twin_step: dict[str, list[float]] = {c: [] for c in configs}
         names = list(configs)
@@ -160,33 +193,9 @@ def bench_torch(args, watch: bool, earlier: dict | None = None) -> dict[str, dic
         for block in range(args.blocks):
             k = block % len(names)
             for cname in names[k:] + names[:k]:  # rotate: no configuration always goes first
-                pair = []
-                for _ in range(2):
-                    torch.manual_seed(0)
-                    model = make()
-                    pair.append((model, torch.optim.SGD(model.parameters(), lr=0.01)))
-                if block % 2:                    # the other copy carries the configuration
-                    pair.reverse()
                 contender = configs[cname]
-                around = contender.around_chunk
-
-                def run_chunk(i: int) -> float:
-                    model, opt = pair[i]
-                    with (around() if (i == 1 and around is not None) else contextlib.nullcontext()):
-                        if cuda:
-                            torch.cuda.synchronize()
-                        t0 = time.perf_counter()
-                        for _ in range(args.chunk):
-                            loss = loss_fn(model(x), y)
-                            opt.zero_grad()
-                            loss.backward()
-                            opt.step()
-                        if cuda:
-                            torch.cuda.synchronize()
-                        return time.perf_counter() - t0
-
-                with contender.setup(*pair[1]):
-                    base_s, conf_s = alternate(run_chunk, args.rounds)
+                base_s, conf_s = torch_pair(make, x, y, contender.setup, args, flip=bool(block % 2),
+                                            around=contender.around_chunk, cuda=cuda)
                 ratios[cname].append(conf_s / base_s)
                 twin_step[cname].append(base_s / (args.rounds * args.chunk))
         base = statistics.median(t for ts in twin_step.values() for t in ts)

@@ -14,15 +14,13 @@ exactly the whole).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
-import time
 
 import torch
-from torch import nn
 
 import lossprobe
-from _ratio import alternate   # noqa: E402  (run from anywhere: python benchmarks/overhead_parts.py)
-from overhead import torch_models
+from overhead import torch_models, torch_pair   # run from anywhere: python benchmarks/overhead_parts.py
 
 C = lossprobe.Config
 CONFIGS: dict[str, "lossprobe.Config | None"] = {
@@ -39,31 +37,16 @@ CONFIGS: dict[str, "lossprobe.Config | None"] = {
 
 def added_us(make, cfg, x, y, flip: bool, args) -> float:
     """Microseconds per step the configured copy takes beyond its un-probed twin (one block)."""
-    pair = []
-    for _ in range(2):
-        torch.manual_seed(0)
-        model = make()
-        pair.append((model, torch.optim.SGD(model.parameters(), lr=0.01)))
-    if flip:
-        pair.reverse()
-    loss_fn = nn.CrossEntropyLoss()
-    probe = lossprobe.attach(pair[1][0], optimizer=pair[1][1], sinks=[], config=cfg) if cfg is not None else None
+    @contextlib.contextmanager
+    def probed(model, opt):
+        probe = lossprobe.attach(model, optimizer=opt, sinks=[], config=cfg) if cfg is not None else None
+        try:
+            yield
+        finally:
+            if probe is not None:
+                probe.detach()
 
-    def run_chunk(i: int) -> float:
-        model, opt = pair[i]
-        t0 = time.perf_counter()
-        for _ in range(args.chunk):
-            loss = loss_fn(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        return time.perf_counter() - t0
-
-    try:
-        base_s, conf_s = alternate(run_chunk, args.rounds)
-    finally:
-        if probe is not None:
-            probe.detach()
+    base_s, conf_s = torch_pair(make, x, y, probed, args, flip)
     return (conf_s - base_s) / (args.rounds * args.chunk) * 1e6
 
 
