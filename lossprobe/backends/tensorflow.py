@@ -761,7 +761,6 @@ class KerasBackend(CaptureGuard):
         self._put_sampled("target", lambda: stats.target_stats(self.ops, y, c, one_hot, sparse))
 
     def _grad_stats(self, grads, variables, opt, unscale: bool = False) -> None:
-        norms = [tf.constant(MISSING)] * self.layout.n_params
         scale = None
         if unscale and opt is not None and hasattr(opt, "scale_loss"):
             # fit differentiates optimizer.scale_loss(loss): mixed-precision loss scaling
@@ -781,13 +780,13 @@ class KerasBackend(CaptureGuard):
         measured = self.ops.norm_vector(found) if found else None
         if measured is not None and scale is not None:
             measured = measured / scale
-        if measured is not None and where == list(range(self.layout.n_params)):
+        n = self.layout.n_params
+        if measured is not None and where == list(range(n)):
             self._put("grad", measured)   # every parameter, in order: the vector as it is
+        elif measured is not None:        # the others keep the MISSING sentinel
+            self._put("grad", tf.tensor_scatter_nd_update(tf.fill([n], MISSING), [[i] for i in where], measured))
         else:
-            if measured is not None:
-                for k, i in enumerate(where):
-                    norms[i] = measured[k]
-            self._put("grad", tf.stack(norms))
+            self._put("grad", tf.fill([n], MISSING))
         self._put_lr(opt)
 
     def _unmeasured_grads(self, opt) -> None:
