@@ -19,7 +19,7 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -158,8 +158,10 @@ def grad_sentinels(rec: StepRecord) -> np.ndarray:
 class StepValues:
     """One step's statistics while they still live on the device (eager backends).
 
-    ``put(columns, value)``: a device tensor (or a list of 0-d tensors) for those columns,
-    ``scale``: host factors it is multiplied by when read. ``host(columns, values)``:
+    ``put(columns, value, scale)``: a device tensor (or a list of 0-d tensors) for those
+    columns; ``scale``: host factors it is multiplied by when read, or a function of the
+    read values (:func:`~lossprobe.capture.stats.nonfinite_flag`: a test made once per
+    flush on the host instead of once per step on the device). ``host(columns, values)``:
     values already known on the host."""
 
     __slots__ = ("step", "sampled", "device", "known")
@@ -169,7 +171,7 @@ class StepValues:
         self.device: list[tuple[np.ndarray, Any, np.ndarray | None]] = []
         self.known: list[tuple[np.ndarray, np.ndarray]] = []
 
-    def put(self, columns: np.ndarray, value: Any, scale: np.ndarray | None = None) -> None:
+    def put(self, columns: np.ndarray, value: Any, scale: np.ndarray | Callable | None = None) -> None:
         self.device.append((columns if type(columns) is np.ndarray else np.asarray(columns), value, scale))
 
     def host(self, columns: np.ndarray, values) -> None:
@@ -186,22 +188,20 @@ def pack(ops, steps: Sequence[StepValues], extra: Sequence[Any] = ()) -> tuple[A
     vectors: list[Any] = []
     placed: list[tuple[int, np.ndarray | None, list, np.ndarray | None]] = []
     for i, cols, value, scale in entries:
-        where = []   # (segment, index, size) of each piece of this entry
-        for v in (value if isinstance(value, (list, tuple)) else (value,)):
-            n = ops.size(v)
-            if n == 1:
-                where.append((0, len(scalars), 1))
-                scalars.append(v)
-            else:
-                where.append((1, len(vectors), n))
-                vectors.append(v)
+        if isinstance(value, (list, tuple)):   # one-element values (gradient norms): no size asked
+            where = [(0, len(scalars), len(value))]
+            scalars.extend(value)
+        else:
+            n = ops.size(value)
+            where = [(0, len(scalars), 1)] if n == 1 else [(1, len(vectors), n)]
+            (scalars if n == 1 else vectors).append(value)
         placed.append((i, cols, where, scale))
     if not scalars and not vectors:
         return None, []
     starts = np.cumsum([len(scalars)] + [ops.size(v) for v in vectors])
     plan = []
     for i, cols, where, scale in placed:
-        spans = [(k, k + 1) if seg == 0 else (int(starts[k]), int(starts[k]) + n) for seg, k, n in where]
+        spans = [(k, k + n) if seg == 0 else (int(starts[k]), int(starts[k]) + n) for seg, k, n in where]
         if all(b == spans[j + 1][0] for j, (_, b) in enumerate(spans[:-1])):   # contiguous: one slice
             plan.append((i, cols, spans[0][0], spans[-1][1] - spans[0][0], scale))
         else:
@@ -218,7 +218,7 @@ def unpack(columns: Columns, steps: Sequence[StepValues], host: np.ndarray | Non
     for i, cols, a, n, scale in plan:
         if i >= 0:
             vals = _read(host, a, n)
-            rows[i, cols] = vals if scale is None else vals * scale
+            rows[i, cols] = vals if scale is None else scale(vals) if callable(scale) else vals * scale
     return rows
 
 

@@ -43,7 +43,7 @@ class Step(StepValues):
         self.backwards = 0              # backward passes that reached the model's output
         self.auto_loss = False          # a loss the hooks captured (observe() does not add another)
         self.tentative = False          # an eval-mode forward: training only if optimizer.step() follows
-        self.grads: tuple | None = None # the latest gradient read: (index, norms, scale, sentinels)
+        self.grads: tuple | None = None # the latest gradient read: (index, norms, scale, sentinels); index None: all
         self.acts_done: set[int] = set()
         self.targets: list[Any] = []    # target statistics of each loss of the step (a few at most)
         self.outputs_done = False
@@ -99,6 +99,7 @@ class EagerCapture(CaptureGuard):
         self._act_out: dict[int, int] = {}    # id(output tensor) -> activation index (this forward)
         self._producer: dict[int, tuple] = {} # id(output tensor) -> (weakref, the layer that made it), sampled steps
         self._reached = False                 # a backward reached this model's output
+        self._outputs_known = False           # the output's facts were learned (at the first training forward)
         self._loss_since_backward = False     # a loss hook / observe() gave the coming backward's loss
 
     # -- steps ------------------------------------------------------------------------
@@ -130,7 +131,7 @@ class EagerCapture(CaptureGuard):
         c = self.columns
         shape = self.ops.shape(x)
         cur.host(c.span("batch"), [float(shape[0]) if shape else 1.0])   # a host int: no device read
-        cur.put(c.span("input_nonfinite"), stats.input_nonfinite(self.ops, x))
+        cur.put(c.span("input_nonfinite"), stats.input_sum(self.ops, x), stats.nonfinite_flag)
         if cur.sampled:
             cur.put(c.span("input"), stats.input_stats(self.ops, x))
 
@@ -146,7 +147,9 @@ class EagerCapture(CaptureGuard):
             return
         if self.ops.requires_grad(out):
             out.register_hook(self._output_reached)   # lives on the autograd graph, not on the model
-        if not self.ops.is_float(out) or not self.ops.size(out) or not self.cfg.capture_outputs:
+        if not self.cfg.capture_outputs or (not cur.sampled and self._outputs_known):
+            return   # nothing more to learn from an unsampled step's output
+        if not self.ops.is_float(out) or not self.ops.size(out):
             return
         if cur.sampled or not self.facts.knows("output_units"):
             shape, f = self.ops.shape(out), self.facts.facts
@@ -155,6 +158,7 @@ class EagerCapture(CaptureGuard):
                              output_activation_index=self._act_out.get(id(out), -1),
                              output_layer=self._producer_of(out) or f.output_layer)
             self._producer.clear()
+            self._outputs_known = True
         if cur.sampled and not cur.outputs_done:
             cur.outputs_done = True
             cur.put(self.columns.span("output"), stats.output_stats(self.ops, out))
@@ -257,7 +261,7 @@ class EagerCapture(CaptureGuard):
             sentinels[list(missing)] = MISSING
             sentinels[list(unmeasured)] = UNMEASURED
         if grads and norms is None:
-            norms = self.ops.norms(grads)
+            norms = self.ops.norm_row(grads)
         cur.grads = (list(index), norms if grads else None, scale, sentinels)
 
     def _sort_grads(self, found: Sequence, readable) -> tuple[list, list[int], list[int], list[int]]:
@@ -406,7 +410,7 @@ class EagerCapture(CaptureGuard):
                 if sentinels is not None:
                     s.host(grad_col, sentinels)
                 if norms is not None:
-                    s.put(grad_col[index], norms, scale)
+                    s.put(grad_col if index is None else grad_col[index], norms, scale)
             if not s.losses:
                 continue
             device = [l for l in s.losses if self.ops.is_tensor(l)]
