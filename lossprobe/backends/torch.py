@@ -92,6 +92,14 @@ def _readable(t: torch.Tensor) -> bool:
     return type(t) in (torch.Tensor, nn.Parameter) and t.layout == torch.strided
 
 
+def _all_dense(grads: list) -> bool:
+    """Is every one of ``grads`` a plain dense tensor (none missing, sparse or a subclass)?"""
+    for g in grads:
+        if type(g) is not torch.Tensor or g.layout is not torch.strided:
+            return False
+    return bool(grads)
+
+
 def _local_shard(t):
     """This process's piece of a ``DTensor`` sharded or replicated over its mesh (FSDP2's
     parameters and gradients), read without an autograd node; any other tensor as it is (a
@@ -122,6 +130,7 @@ class _Hooks:
     def __init__(self):
         self.backends: list[TorchBackend] = []
         self.roles: dict[int, list[tuple[TorchBackend, str, Any]]] = {}
+        self.roots: dict[int, list[TorchBackend]] = {}   # id(model) -> its probes (forward pre-hook)
         self.handles: list[Any] = []
         self.original_backward = None
         self.installed_backward = None
@@ -141,6 +150,7 @@ class _Hooks:
             self.installed_scale = GradScaler.scale = _remember_unscaled(GradScaler.scale)
         self.backends.append(b)
         self.roles.setdefault(id(b.model), []).append((b, "root", None))
+        self.roots.setdefault(id(b.model), []).append(b)
         for j, m in enumerate(b.act_modules):
             self.roles.setdefault(id(m), []).append((b, "act", j))
         for name, m in b.net.named_modules():
@@ -155,6 +165,10 @@ class _Hooks:
             self.roles[key] = [r for r in self.roles[key] if r[0] is not b]
             if not self.roles[key]:
                 del self.roles[key]
+        for key in list(self.roots):
+            self.roots[key] = [r for r in self.roots[key] if r is not b]
+            if not self.roots[key]:
+                del self.roots[key]
         if not self.backends:
             for h in self.handles:
                 h.remove()
@@ -168,8 +182,9 @@ class _Hooks:
     # These run on every module call in the process: the cheap tests come first, and
     # is_compiling() (nothing of the probe inside a compiled graph) only before real work.
     def pre(self, module, args):
-        for b, role, _ in self.roles.get(id(module), ()):
-            if role == "root" and not torch.compiler.is_compiling():
+        roots = self.roots.get(id(module))
+        if roots is not None and not torch.compiler.is_compiling():
+            for b in roots:
                 b._guarded("steps", b._root_pre)
         return None
 
@@ -270,8 +285,9 @@ class TorchBackend(EagerCapture):
         # parameters a device op can read (FSDP2's DTensors: through their local shards)
         super()._init_capture(layout, config, params, weight_idx, facts,
                               readable=[i for i, p in enumerate(params) if _readable(_local_shard(p))])
-        self._shapes_checked: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()   # loss modules looked at
-        self._loss_facts: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+        # loss modules looked at (their shapes) and their facts: id -> (weakref, ...) (_known)
+        self._shapes_checked: dict[int, tuple] = {}
+        self._loss_facts: dict[int, tuple] = {}
         self._in_forward = False              # between the model's forward pre-hook and its forward hook
         self._foreign: list | None = None     # weakrefs: trainable tensors the forward uses that are not params
         self._last_out = None                 # weakref to the model's latest output (tells our loss from another model's)
@@ -306,10 +322,14 @@ class TorchBackend(EagerCapture):
             self._close_step()
 
     def _guarded(self, part: str, fn, *args):
-        """A hook body: never raises into training (``_safe``), but a TrainingHealthError."""
-        if self.channel is None:
+        """A hook body: never raises into training (as ``_safe``, one frame less on the
+        per-step path), but a TrainingHealthError."""
+        if self.channel is None or part in self._disabled:
             return None
-        return self._safe(part, fn, *args)
+        try:
+            return fn(*args)
+        except Exception as exc:
+            return self._failed(part, exc)
 
     def _bind_optimizer(self, opt) -> None:
         self.optimizer = opt
@@ -357,12 +377,13 @@ class TorchBackend(EagerCapture):
         if cur.forwards == 0:
             cur.tentative = tentative
         cur.forwards += 1
-        self._record_bn_eval(cur, self._bn_modules)
+        if cur.sampled:
+            self._record_bn_eval(cur, self._bn_modules)
         self._act_out.clear()
 
     def _root_post(self, args, kwargs, output) -> None:
         self._in_forward = False
-        out = first_tensor(self.ops, output)
+        out = output if type(output) is torch.Tensor else first_tensor(self.ops, output)
         self._last_out = weakref.ref(out) if out is not None else None
         self._last_node = _node_key(getattr(out, "grad_fn", None))
         cur = self._cur
@@ -419,21 +440,30 @@ class TorchBackend(EagerCapture):
 
     # -- losses ----------------------------------------------------------------------
     def _loss_module(self, module, args, output) -> None:
-        if module not in self._shapes_checked and len(args) >= 2 and self._training():
+        training = self._training()
+        if training and len(args) >= 2 and not self._known(self._shapes_checked, module):
             self._safe("facts", self._check_broadcast, module, args)
         if not isinstance(output, torch.Tensor) or output.numel() != 1:
             return
         if not self._is_our_loss(args[0] if args else None):
             return  # several probed models in one process (GAN, teacher-student): not this one's loss
-        if not self._training():
+        if not training:
             self._add_val(output)   # validation: accumulated on the device, emitted at the next training step
             self.validation_losses_seen += 1
             return
         cur = self._current()
         facts = None
-        if module not in self._loss_facts or cur.sampled:   # looked at again on sampled steps only
-            facts = self._loss_facts[module] = self._facts_of_loss(module, args)
+        if cur.sampled or not self._known(self._loss_facts, module):   # looked at again on sampled steps only
+            facts = self._facts_of_loss(module, args)
+            self._loss_facts[id(module)] = (weakref.ref(module), facts)
         self._loss_output(cur, output, facts, args[1] if len(args) >= 2 else None)
+
+    @staticmethod
+    def _known(table: dict, module) -> bool:
+        """Is ``module`` in ``table`` (``id -> (weakref, ...)``: a lookup that makes no weakref,
+        as a WeakSet's does on every call)?"""
+        entry = table.get(id(module))
+        return entry is not None and entry[0]() is module
 
     def _facts_of_loss(self, module, args) -> dict:
         """What a loss module tells: its kind, whether it takes logits, the activation in front
@@ -452,7 +482,7 @@ class TorchBackend(EagerCapture):
         at once per loss module, on its first call with this model's output."""
         x, y = args[0], args[1]
         if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and self._is_our_output(x):
-            self._shapes_checked.add(module)
+            self._shapes_checked[id(module)] = (weakref.ref(module),)
             note = broadcast_note(_kind_of(module, _LOSS_KINDS) or "", x.shape, y.shape)
             if note:
                 self.facts.learn(loss_broadcast=note)
@@ -541,10 +571,14 @@ class TorchBackend(EagerCapture):
         right after, so the pass mostly warms its cache, where the strided runs cost more than
         they save (benchmarks/overhead.py)."""
         found = [p.grad for p in self.params]
+        budget = self.cfg.grad_sample
+        if (cur.sampled or budget <= 0) and _all_dense(found):
+            # the usual case, every parameter with a plain dense gradient: one call, no sorting
+            cur.grads = (None, self.ops.norms(found), None, None)
+            return
         if self._sharded:   # FSDP2: this rank's shard of each gradient
             found = [_local_shard(g) for g in found]
         grads, idx, missing, unmeasured = self._sort_grads(found, _readable)
-        budget = self.cfg.grad_sample
         if cur.sampled or budget <= 0 or not grads:
             self._record_grads(cur, grads, idx, missing, unmeasured)
             return
