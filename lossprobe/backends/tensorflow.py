@@ -668,7 +668,8 @@ class KerasBackend(CaptureGuard):
 
     def _put(self, name: str, vals, j: int | None = None) -> None:
         """Queue values for statistic ``name``'s columns of this step's row (written by ``_emit``)."""
-        self._tracing.now[int(self.columns.span(name, j)[0])] = tf.reshape(tf.cast(vals, tf.float32), [-1])
+        vals = tf.cast(vals, tf.float32)
+        self._tracing.now[int(self.columns.span(name, j)[0])] = vals if vals.shape.rank == 1 else tf.reshape(vals, [-1])
 
     def _put_sampled(self, name: str, fn, j: int | None = None) -> None:
         """Queue ``fn()``, computed only on sampled steps (else nan)."""
@@ -684,34 +685,31 @@ class KerasBackend(CaptureGuard):
         columns are written into a row cleared at the previous step's end."""
         now, later = self._tracing.now, self._tracing.later
         self._tracing.now, self._tracing.later = {}, []
-        pieces = dict(now)
+        # the values as one vector (every-step pieces, then the sampled ones as the cond made
+        # them) and, for each, its columns: no slicing of the cond's vector in the graph
+        values = list(now.values())
+        cols = [np.arange(c, c + int(v.shape[0])) for c, v in now.items()]
         if later:
             total = sum(n for _, n, _ in later)
 
             def compute():
                 return tf.concat([tf.reshape(tf.cast(fn(), tf.float32), [-1]) for _, _, fn in later], 0)
-            v = tf.cond(self._sampled(), compute, lambda: tf.fill([total], math.nan))
-            off = 0
-            for col, n, _ in later:
-                pieces[col] = v[off:off + n]
-                off += n
-        if not pieces:
+            values.append(tf.cond(self._sampled(), compute, lambda: tf.fill([total], math.nan)))
+            cols += [np.arange(c, c + n) for c, n, _ in later]
+        if not values:
             return
+        cols = np.concatenate(cols).astype(np.int32)
         row = self._row()
         if full_row:
-            parts, at = [], 0
-            for col in sorted(pieces):
-                if col > at:
-                    parts.append(tf.fill([col - at], math.nan))
-                parts.append(pieces[col])
-                at = col + int(pieces[col].shape[0])
-            if at < self.K:
-                parts.append(tf.fill([self.K - at], math.nan))
-            self.replicas.local(self.buf).scatter_update(tf.IndexedSlices(tf.concat(parts, 0)[None], row[None]))
+            # the whole row in one gather: each column's value, or the nan appended last
+            src = tf.concat(values + [tf.fill([1], math.nan)], 0)
+            where = np.full(self.K, cols.size, np.int32)
+            where[cols] = np.arange(cols.size, dtype=np.int32)
+            self.replicas.local(self.buf).scatter_update(
+                tf.IndexedSlices(tf.gather(src, tf.constant(where))[None], row[None]))
         else:
-            cols = np.concatenate([np.arange(c, c + int(v.shape[0])) for c, v in pieces.items()]).astype(np.int32)
             idx = tf.stack([tf.fill([cols.size], row), tf.constant(cols)], axis=1)
-            self.replicas.local(self.buf).scatter_nd_update(idx, tf.concat(list(pieces.values()), 0))
+            self.replicas.local(self.buf).scatter_nd_update(idx, tf.concat(values, 0))
 
     def _input_stats(self, args, kwargs) -> None:
         x = first_tensor(self.ops, (args, kwargs))
