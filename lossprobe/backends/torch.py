@@ -234,6 +234,7 @@ _HOOKS = _Hooks()
 
 class TorchBackend(EagerCapture):
     framework = "torch"
+    OUTPUT_HOOK_OPTIONAL = True
     _grad_readable = staticmethod(_readable)
     _local = staticmethod(_local_shard)
 
@@ -499,8 +500,14 @@ class TorchBackend(EagerCapture):
         node, target = getattr(received, "grad_fn", None), self._last_node
         if node is None or target is None:   # nothing to follow, or the model is used through
             return len(_ATTACHED) == 1       # its methods (model.encode()), never its forward
+        return self._reaches_output(node, LOSS_INPUT_NODES)
+
+    def _reaches_output(self, node, limit: int) -> bool:
+        """Does autograd node ``node`` lead to this model's last output within ``limit``
+        nodes (walked nearest first)?"""
+        target = self._last_node
         seen, todo = set(), collections.deque([node])
-        while todo and len(seen) < LOSS_INPUT_NODES:
+        while todo and target is not None and len(seen) < limit:
             n = todo.popleft()
             if n is None or id(n) in seen:
                 continue
@@ -509,6 +516,14 @@ class TorchBackend(EagerCapture):
             seen.add(id(n))
             todo.extend(m for m, _ in n.next_functions)
         return False
+
+    def _reached_unwatched(self, loss) -> bool:
+        """A backward from another tensor than the module loss (the loop changed its pattern):
+        the graph says whether it reached the output."""
+        if super()._reached_unwatched(loss):
+            return True
+        node = getattr(loss, "grad_fn", None)
+        return node is not None and self._reaches_output(node, FOREIGN_WALK_NODES)
 
     def _is_our_output(self, t) -> bool:
         """Is ``t`` this model's last output, or a view of it (``out.view(-1)``, ``out[:, 0]``)?"""

@@ -59,6 +59,9 @@ class EagerCapture(CaptureGuard):
     sharded parameters, which piece of a tensor this process reads (``_local``)."""
 
     ops: Ops
+    # the output hook may be left off on unsampled steps of a loop that backpropagates the
+    # loss a loss hook gave (a backend whose backward needs nothing else from the hook)
+    OUTPUT_HOOK_OPTIONAL = False
 
     @staticmethod
     def _node_inputs(node) -> list:
@@ -100,6 +103,8 @@ class EagerCapture(CaptureGuard):
         self._producer: dict[int, tuple] = {} # id(output tensor) -> (weakref, the layer that made it), sampled steps
         self._reached = False                 # a backward reached this model's output
         self._outputs_known = False           # the output's facts were learned (at the first training forward)
+        self._backward_from_loss = False      # the last backward started from the loss a loss hook gave
+        self._unwatched = False               # this forward's output carries no backward hook
         self._loss_since_backward = False     # a loss hook / observe() gave the coming backward's loss
 
     # -- steps ------------------------------------------------------------------------
@@ -145,8 +150,12 @@ class EagerCapture(CaptureGuard):
                 self._warn("outputs", f"model output of type {type(output).__name__} holds "
                            "no tensor; output statistics are off for this run")
             return
+        self._unwatched = False
         if self.ops.requires_grad(out):
-            out.register_hook(self._output_reached)   # lives on the autograd graph, not on the model
+            if cur.sampled or not self._backward_from_loss:
+                out.register_hook(self._output_reached)   # lives on the autograd graph, not on the model
+            else:
+                self._unwatched = True   # the backward's start tells (_reached_unwatched)
         if not self.cfg.capture_outputs or (not cur.sampled and self._outputs_known):
             return   # nothing more to learn from an unsampled step's output
         if not self.ops.is_float(out) or not self.ops.size(out):
@@ -190,21 +199,32 @@ class EagerCapture(CaptureGuard):
     def _after_backward(self, tensors) -> None:
         """After a backward that reached the model's output: a loss no hook or observe() gave
         is the tensor backward() ran from, however it was computed."""
-        if not self._reached or self._cur is None:
-            return
-        self._reached = False
-        cur = self._cur
-        cur.backwards += 1
-        self._backward_done(cur)
-        if self._loss_since_backward:
-            self._loss_since_backward = False
+        if self._cur is None:
             return
         loss = first_tensor(self.ops, tensors)
         loss = getattr(loss, "_lossprobe_unscaled", loss)   # AMP's loss scaling undone (torch)
+        if not self._reached and not (self._unwatched and self._reached_unwatched(loss)):
+            return
+        self._reached = self._unwatched = False
+        cur = self._cur
+        cur.backwards += 1
+        self._backward_done(cur)
+        # the loop's pattern: backward from the loss a loss hook just gave. Its unsampled steps
+        # then need no hook on the output (a hook and its call in every backward)
+        self._backward_from_loss = self.OUTPUT_HOOK_OPTIONAL and self._loss_since_backward \
+            and loss is self._last_loss
+        if self._loss_since_backward:
+            self._loss_since_backward = False
+            return
         if loss is not None and self.ops.size(loss) == 1 and loss is not self._last_loss:
             self._record_loss(cur, loss, auto=True)
             if not self.facts.knows("loss_kind"):
                 self.facts.learn(**loss_from_graph(loss.grad_fn, self._node_inputs))
+
+    def _reached_unwatched(self, loss) -> bool:
+        """Did a backward from ``loss`` reach the model's output, which carried no hook? Yes
+        when ``loss`` is the loss a loss hook gave this step; a subclass may follow the graph."""
+        return loss is not None and loss is self._last_loss and self._loss_since_backward
 
     def _backward_done(self, cur: Step) -> None:
         """A backward reached the model (subclasses: more to do then)."""

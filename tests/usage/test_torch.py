@@ -294,6 +294,37 @@ def test_an_unprobed_model_trained_beside_the_probed_one_keeps_its_losses():
     assert_healthy(probe, 40)
 
 
+def test_a_loop_that_changes_how_it_calls_backward_keeps_every_loss():
+    """On unsampled steps of a loop that backpropagates its loss module's output, the model's
+    output carries no backward hook. A step whose backward starts elsewhere -- a functional
+    loss, a scaled module loss -- must still count as reaching the model, with its loss."""
+    torch.manual_seed(0)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    ce = nn.CrossEntropyLoss()
+    probe = lossprobe.attach(model, optimizer=opt, sinks=[])
+    losses = []
+    for i, (x, y) in enumerate(batches(60)):
+        out = model(x)
+        if i % 3 == 0:
+            loss = ce(out, y)                   # the plain pattern: backward from the module loss
+            opt.zero_grad(); loss.backward()
+        elif i % 3 == 1:
+            loss = F.cross_entropy(out, y)      # no loss hook sees it: the backward gives it
+            opt.zero_grad(); loss.backward()
+        else:
+            loss = ce(out, y)                   # the hook's loss, but backward from another tensor
+            opt.zero_grad(); (loss * 2.0).backward()
+        opt.step()
+        losses.append(loss.item())
+    probe.detach()
+    h = probe.history
+    assert h.n_steps == 60
+    assert (h.series("loss_seen") > 0).all()
+    assert h.series("loss") == pytest.approx(losses, rel=1e-5)
+    assert_healthy(probe, 60)
+
+
 def test_gan_with_two_optimizers():
     def train(probed):
         torch.manual_seed(0)
