@@ -447,6 +447,7 @@ class KerasBackend(CaptureGuard):
             self._safe("updates", self._snap, 0)   # while tracing an unbuilt model's step: not readable yet)
         self._observe_fn = tf.function(self._observe_graph, reduce_retracing=True)
         self._observe_opt = None
+        self._pack_fn = None
         self._armed = True
         return True
 
@@ -459,6 +460,7 @@ class KerasBackend(CaptureGuard):
             self.buf = self.replicas.state_var(lambda: tf.fill([self.R, self.K], math.nan), "lossprobe_ring")
             self._observe_opt = _STALE  # functions traced against the old ring must be rebuilt
             self._own_train_fn = None
+            self._pack_fn = None
 
     def _sample_plan(self) -> None:
         """Each weight tensor's update sample: (parameter, offset in the shadow, indices, count)."""
@@ -926,7 +928,9 @@ class KerasBackend(CaptureGuard):
         extra = [tf.reshape(tf.cast(v, tf.float64), []) if isinstance(v, (tf.Tensor, tf.Variable))
                  else tf.constant(float(v), tf.float64) for _, v in vals]
         extra_t = tf.stack(extra) if extra else tf.zeros([0], tf.float64)
-        host = self._pack(extra_t).numpy()   # the single device->host copy of this flush
+        if self._pack_fn is None:   # one graph call, where eager casts, reshapes and a concat took ~1 ms
+            self._pack_fn = tf.function(self._pack, reduce_retracing=True)
+        host = self._pack_fn(extra_t).numpy()   # the single device->host copy of this flush
         self.n_host_reads += 1
         rk = self.R * self.K * len(self.replicas.copies(self.buf))
         rings = host[:rk].reshape(-1, self.R, self.K)   # [replica, row, column]
