@@ -719,7 +719,7 @@ class KerasBackend(CaptureGuard):
         if x is None or not self.ops.is_float(x):
             return
         self._put("batch", self.ops.dim0(x))
-        self._put("input_nonfinite", stats.input_nonfinite(self.ops, x))
+        self._put("input_nonfinite", stats.input_sum(self.ops, x))   # made a 0/1 flag at the flush
         self._put_sampled("input", lambda: stats.input_stats(self.ops, x))
 
     def _output_stats(self, out) -> None:
@@ -935,6 +935,9 @@ class KerasBackend(CaptureGuard):
         self.n_host_reads += 1
         rk = self.R * self.K * len(self.replicas.copies(self.buf))
         rings = host[:rk].reshape(-1, self.R, self.K)   # [replica, row, column]
+        at = self.columns.start("input_nonfinite")           # each replica's input sum -> its flag
+        rings[:, :, at] = np.where(np.isnan(rings[:, :, at]) & ~self._input_seen(rings), np.nan,
+                                   stats.nonfinite_flag(rings[:, :, at]))
         now = int(host[rk])
         val_host = host[rk + 1:]
         start = max(self._flushed, now - self.R + 1)
@@ -948,6 +951,10 @@ class KerasBackend(CaptureGuard):
         val_points = [(min(s, max(0, now - 1)), float(val_host[k])) for k, (s, _) in enumerate(vals)]
         if records or val_points:
             self._send(records, val_points)
+
+    def _input_seen(self, rings: np.ndarray) -> np.ndarray:
+        """Rows whose step saw a float input batch (its batch size is written with the sum)."""
+        return np.isfinite(rings[:, :, self.columns.start("batch")])
 
     def _send(self, records: list[StepRecord], val_points: list[tuple[int, float]]) -> None:
         if self.channel is None:

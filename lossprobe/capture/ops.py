@@ -422,7 +422,9 @@ class TensorflowOps(Ops):
             return False
 
     def f32(self, t):
-        return self.tf.cast(self.tf.stop_gradient(t), self.tf.float32)
+        # no stop_gradient: the statistics never feed a loss, so no gradient reaches them, and
+        # in a compiled step it was one more op per statistic on every step
+        return self.tf.cast(t, self.tf.float32)
 
     def flat(self, t):
         return self.tf.reshape(t, [-1])

@@ -32,11 +32,6 @@ def nonfinite_flag(values):
     return (~np.isfinite(values)).astype(float)
 
 
-def input_nonfinite(ops, x):
-    """:func:`nonfinite_flag` of :func:`input_sum` computed on the device: for a backend whose
-    step is one compiled graph (TensorFlow), where the test is fused in for free."""
-    return ops.is_nonfinite(input_sum(ops, x))
-
 
 def input_stats(ops, x):
     """[|x| max, mean, std] of a float input batch (sampled steps)."""
