@@ -107,6 +107,10 @@ class History:
         self.ever_had_grad = np.zeros(n_p, bool)
         self.first_param_norms = np.full(n_p, np.nan)
         self._memo: dict = {}   # what several rules of one evaluation compute alike (see memo)
+        # what a rule keeps from one evaluation to the next: results about steps already in
+        # the history, keyed by run-wide step index (see first_index); never cleared, since
+        # a step's record never changes once appended
+        self.carry: dict = {}
 
     # -- writing ---------------------------------------------------------
     def append(self, rec: StepRecord) -> None:
@@ -168,6 +172,12 @@ class History:
         return self._memo[key]
 
     # -- reading ---------------------------------------------------------
+    @property
+    def first_index(self) -> int:
+        """Run-wide index of the oldest step in the window (0: the first step ever appended):
+        row ``i`` of every series and matrix holds the ``first_index + i``-th record appended."""
+        return self._steps.count - min(self._steps.count, self._steps.capacity)
+
     def steps(self) -> np.ndarray:
         return self._steps.view()
 

@@ -93,14 +93,12 @@ def thirds(y: np.ndarray) -> tuple[float, float]:
 
 
 def longest_run(flags) -> tuple[int, int]:
-    """(length, start index) of the longest run of consecutive True values; (0, 0) if none."""
-    best, best_start, run, start = 0, 0, 0, 0
-    for k, f in enumerate(flags):
-        if f:
-            start = k if run == 0 else start
-            run += 1
-            if run > best:
-                best, best_start = run, start
-        else:
-            run = 0
-    return best, best_start
+    """(length, start index) of the longest run of consecutive True values in a 1-D sequence;
+    (0, 0) if none. Of several runs of that length, the first."""
+    f = np.asarray(flags, dtype=bool)
+    if not f.any():
+        return 0, 0
+    edges = np.diff(f.view(np.int8), prepend=0, append=0)   # +1 where a run starts, -1 after it ends
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    k = int(np.argmax(ends - starts))                       # argmax: the first of the longest
+    return int(ends[k] - starts[k]), int(starts[k])
