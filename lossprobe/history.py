@@ -19,10 +19,14 @@ Example::
 from __future__ import annotations
 
 import math
+import operator
+from typing import Sequence
 
 import numpy as np
 
 from .record import ACTIVATION_FIELDS, MASK_FIELDS, PARAM_FIELDS, SCALAR_FIELDS, Facts, Layout, StepRecord
+
+_scalars_of = operator.attrgetter(*SCALAR_FIELDS)   # a record's scalar fields, as a tuple
 
 # The initial loss is taken over the first steps until this many samples were seen (one step
 # at ordinary batch sizes), and over no more than this many steps.
@@ -43,6 +47,17 @@ class _Ring:
         self.data[self.count % self.capacity] = row
         self.count += 1
         self._view = None   # dropped, not kept beside the ring: memory stays the ring's
+
+    def extend(self, rows: np.ndarray) -> None:
+        """Append ``rows`` in order (what ``append`` of each does, in at most two writes)."""
+        n = len(rows)
+        kept = rows[-self.capacity:]            # more rows than the ring holds: the last ones
+        at = (self.count + n - len(kept)) % self.capacity
+        first = min(len(kept), self.capacity - at)
+        self.data[at:at + first] = kept[:first]
+        self.data[:len(kept) - first] = kept[first:]   # the rest wraps to the front
+        self.count += n
+        self._view = None
 
     def view(self) -> np.ndarray:
         """Rows oldest first, read-only (a copy when the ring has wrapped, made once between
@@ -93,6 +108,7 @@ class History:
         self._params = {name: _Ring(window, (n_p,)) for name in PARAM_FIELDS}
         self._masks = {name: _Ring(window, (n_p,), dtype=bool) for name in MASK_FIELDS}
         self._acts = {name: _Ring(window, (n_a,)) for name in ACTIVATION_FIELDS}
+        self._fields = {**self._scalars, **self._params, **self._masks, **self._acts}   # by StepRecord field
         self._loss_sketch = _Sketch(sketch)
         self._val_sketch = _Sketch(sketch)
         # whole-run facts that rules need without the window
@@ -114,28 +130,52 @@ class History:
 
     # -- writing ---------------------------------------------------------
     def append(self, rec: StepRecord) -> None:
+        """Append one record (:meth:`extend` appends a flush's records at once)."""
         self._memo.clear()
         self._steps.append(rec.step)
-        for name in SCALAR_FIELDS:
-            self._scalars[name].append(getattr(rec, name))
-        for name in PARAM_FIELDS:
-            self._params[name].append(getattr(rec, name))
-        for name in MASK_FIELDS:
-            self._masks[name].append(getattr(rec, name))
-        for name in ACTIVATION_FIELDS:
-            self._acts[name].append(getattr(rec, name))
-        if self.first_step is None:
-            self.first_step = rec.step
-        self.last_step = rec.step
-        self.n_steps += 1
-        if rec.loss_seen and math.isfinite(rec.loss):
-            self._note_initial(rec)
-            self.min_loss = min(self.min_loss, rec.loss)
-            self._loss_sketch.append(rec.step, rec.loss)
-        if rec.param_grad_missing.size:
-            self.ever_had_grad |= ~rec.param_grad_missing
-        if np.isnan(self.first_param_norms).all() and rec.param_norms.size:
-            self.first_param_norms = np.array(rec.param_norms, dtype=float)
+        for name, ring in self._fields.items():
+            ring.append(getattr(rec, name))
+        self._note_run([rec])
+        self._note_params(rec.param_grad_missing[None, :], rec.param_norms[None, :])
+
+    def extend(self, records: Sequence[StepRecord]) -> None:
+        """Append records in order: each field of all of them as one block (a flush's records
+        cost a few numpy writes per field, not one per record and field)."""
+        if not records:
+            return
+        self._memo.clear()
+        self._steps.extend(np.array([r.step for r in records], dtype=np.int64))
+        scalars = np.array([_scalars_of(r) for r in records], dtype=float)
+        for k, name in enumerate(SCALAR_FIELDS):
+            self._scalars[name].extend(scalars[:, k])
+        blocks = {}
+        for rings in (self._params, self._masks, self._acts):
+            for name, ring in rings.items():
+                blocks[name] = np.array([getattr(r, name) for r in records], dtype=ring.data.dtype)
+                ring.extend(blocks[name])
+        self._note_run(records)
+        self._note_params(blocks["param_grad_missing"], blocks["param_norms"])
+
+    def _note_run(self, records: Sequence[StepRecord]) -> None:
+        """Whole-run facts of the loss and the steps from records, in order."""
+        for rec in records:
+            if self.first_step is None:
+                self.first_step = rec.step
+            self.last_step = rec.step
+            self.n_steps += 1
+            if rec.loss_seen and math.isfinite(rec.loss):
+                self._note_initial(rec)
+                self.min_loss = min(self.min_loss, rec.loss)
+                self._loss_sketch.append(rec.step, rec.loss)
+
+    def _note_params(self, missing: np.ndarray, norms: np.ndarray) -> None:
+        """Whole-run facts of the parameters from a block of records (a row each): which ever
+        had a gradient, and the first record's norms (the first with any norm measured)."""
+        if missing.shape[1]:
+            self.ever_had_grad |= ~missing.all(axis=0)
+        if norms.shape[1] and np.isnan(self.first_param_norms).all():
+            measured = ~np.isnan(norms).all(axis=1)
+            self.first_param_norms = np.array(norms[int(np.argmax(measured)) if measured.any() else -1], dtype=float)
 
     def _note_initial(self, rec: StepRecord) -> None:
         """The initial loss: the first step's, or with batches of a few samples the median over
