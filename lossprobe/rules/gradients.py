@@ -5,7 +5,7 @@ import numpy as np
 
 from ..findings import Detection
 from . import rule
-from .stats import finite, longest_run, median
+from .stats import finite, longest_run, median, row_median
 
 
 def _weight_columns(h) -> np.ndarray:
@@ -56,7 +56,7 @@ def vanishing_gradients(h, cfg):
     # the first and the last third of the weight layers, each by its median: one quiet tensor
     # (a transformer's attention query at init, say) does not make a whole network "vanish"
     k = max(1, cols.size // 3)
-    first, last = np.median(rms[:, :k], axis=1), np.median(rms[:, -k:], axis=1)
+    first, last = row_median(rms[:, :k]), row_median(rms[:, -k:])
     ok = np.isfinite(first) & np.isfinite(last) & (last > 0)
     if ok.sum() < cfg.warmup_steps // 2:
         return None

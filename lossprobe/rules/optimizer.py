@@ -11,9 +11,9 @@ import numpy as np
 
 from ..findings import Detection
 from . import rule
-from .curves import chance_level_loss, is_converged, learning_well, loss_trend
+from .curves import chance_level_loss, is_converged, learning_well, loss_trend, measured_losses
 from .gradients import _weight_columns
-from .stats import row_nanmedian, theil_sen, thirds
+from .stats import row_median, row_nanmedian, theil_sen, thirds
 
 # The optimizer rules judge "is the loss still falling" on the last 30 losses rather than
 # the curve rules' 60: their main evidence (the update/weight ratio, the weight norms) is
@@ -29,11 +29,10 @@ def _stalled(h, cfg):
 
 
 def _stalled_now(h, cfg):
-    loss, seen, steps = h.series("loss"), h.series("loss_seen") > 0, h.steps()
-    ok = seen & np.isfinite(loss)
-    if ok.sum() < max(cfg.warmup_steps, 8) or not np.isfinite(h.initial_loss):
+    m = measured_losses(h)
+    if m.loss.size < max(cfg.warmup_steps, 8) or not np.isfinite(h.initial_loss):
         return None
-    y, t = loss[ok][-RECENT:], steps[ok][-RECENT:].astype(float)
+    y, t = m.loss[-RECENT:], m.t[-RECENT:]
     start, level = thirds(y)
     rel = (level - start) / abs(start) if start else 0.0
     _, z = theil_sen(t, y)
@@ -85,7 +84,7 @@ def _norm_drift(h):
     steps = h.steps()[rows]
     dt = np.diff(steps).astype(float)
     drift = np.abs(np.diff(np.log(p[rows]), axis=0)) / np.maximum(dt, 1.0)[:, None]
-    return np.median(drift, axis=1), steps[1:]
+    return row_median(drift), steps[1:]
 
 
 @rule("learning_rate_too_high")

@@ -25,6 +25,27 @@ def median(x: np.ndarray) -> float:
     return float("nan") if np.isnan(part[-1]) else float(m)
 
 
+def row_median(m: np.ndarray) -> np.ndarray:
+    """``np.median(m, axis=1)`` of a 2-D float array, computed the same way -- one partition
+    of each row, the mean of its two middle values, NaN for a row holding a NaN -- without
+    the generic-axis machinery (a third of the cost on the few-hundred-row blocks the rules
+    read)."""
+    m = np.asarray(m, dtype=float)
+    rows, n = m.shape
+    if n == 0 or rows == 0:
+        return np.median(m, axis=1)
+    k = n // 2
+    # np.mean sums from 0.0, so a median of -0.0 comes out as 0.0: the "0.0 +" keeps that
+    if n % 2:
+        part = np.partition(m, (k, n - 1), axis=1)     # the last column gets the largest (NaN sorts last)
+        out = 0.0 + part[:, k]
+    else:
+        part = np.partition(m, (k - 1, k, n - 1), axis=1)
+        out = (0.0 + part[:, k - 1] + part[:, k]) / 2
+    out[np.isnan(part[:, -1])] = np.nan
+    return out
+
+
 def finite(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=float)
     return x[np.isfinite(x)]
