@@ -123,10 +123,7 @@ class History:
         self.ever_had_grad = np.zeros(n_p, bool)
         self.first_param_norms = np.full(n_p, np.nan)
         self._memo: dict = {}   # what several rules of one evaluation compute alike (see memo)
-        # what a rule keeps from one evaluation to the next: results about steps already in
-        # the history, keyed by run-wide step index (see first_index); never cleared, since
-        # a step's record never changes once appended
-        self.carry: dict = {}
+        self._kept: dict = {}   # per-record values kept from one evaluation to the next (see per_record)
 
     # -- writing ---------------------------------------------------------
     def append(self, rec: StepRecord) -> None:
@@ -210,6 +207,37 @@ class History:
         if key not in self._memo:
             self._memo[key] = compute()
         return self._memo[key]
+
+    def per_record(self, key, rows: np.ndarray, compute, depends=None) -> np.ndarray:
+        """Values, one per window row in ``rows`` (ascending), of something that never changes
+        once those rows are recorded: a function of each record alone, or of it and the records
+        before it that every window holding it still holds (the 30 losses before a loss).
+        ``compute(start)`` returns the values of ``rows[start:]``; the values an earlier
+        evaluation computed for rows still in the window are kept (by run-wide index, see
+        :attr:`first_index`), so an evaluation computes only the rows new since then.
+        ``depends``: what else the values depend on (a config value, a fact): when it
+        changes, all are computed again. ``key`` names the computation.
+
+        Example::
+
+            h.per_record("grad_rms", np.arange(n), lambda start: rms_of(g[start:]))
+        """
+        index = self.first_index + np.asarray(rows)
+        kept = self._kept.get(key)
+        m = 0   # leading rows whose values are kept
+        if kept is not None and kept[0] == depends and index.size:
+            old_index, old = kept[1], kept[2]
+            at = int(np.searchsorted(old_index, index[0]))
+            m = min(old_index.size - at, index.size)
+            if not np.array_equal(old_index[at:at + m], index[:m]):
+                m = 0   # not the rows the kept values came from: compute all
+        if m == index.size:
+            values = old[at:at + m]
+        else:
+            values = np.concatenate([old[at:at + m], compute(m)]) if m else np.asarray(compute(0))
+            values.flags.writeable = False
+        self._kept[key] = (depends, index, values)
+        return values
 
     # -- reading ---------------------------------------------------------
     @property

@@ -415,8 +415,10 @@ def loss_spike(h, cfg):
     if y.size < max(cfg.warmup_steps, w) + 1:
         return None
     scale = abs(h.initial_loss) if math.isfinite(h.initial_loss) else 0.0
-    # every point against the median and robust spread of the w points before it
-    med, sig, top = _preceding(h, y, h.first_index + np.flatnonzero(ok), w)
+    # every point against the median and robust spread of the w points before it: computed
+    # once for each point (its w predecessors never change), at the evaluation that first sees it
+    med, sig, top = h.per_record(("loss_spike", w), np.flatnonzero(ok)[w:],
+                                 lambda start: np.column_stack(_window_stats(y[start:], w))).T
     cur = y[w:]
     jump = cur - med
     # each point at its own batch size: a batch of b samples scatters sqrt(B/b) times more
@@ -440,15 +442,6 @@ def loss_spike(h, cfg):
         "jump_in_sigmas": float(jump[k] / max(sig[k], 1e-12))})
 
 
-@dataclass
-class _Preceding:
-    """Statistics of the w measured losses before each point (see :func:`_preceding`)."""
-    index: np.ndarray   # run-wide index (History.first_index) of each point
-    med: np.ndarray     # their median
-    sig: np.ndarray     # their robust sigma (MAD x MAD_TO_SIGMA)
-    top: np.ndarray     # their largest excursion above that median
-
-
 def _window_stats(y: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(median, robust sigma, largest excursion above the median) of the w points before
     each of ``y[w:]``."""
@@ -456,29 +449,6 @@ def _window_stats(y: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray, np.nda
     med = row_median(win)
     sig = MAD_TO_SIGMA * row_median(np.abs(win - med[:, None]))
     top = win.max(axis=1) - med  # the largest excursion the preceding window itself produced
-    return med, sig, top
-
-
-def _preceding(h, y: np.ndarray, index: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`_window_stats` of the measured losses ``y`` (run-wide indices ``index``).
-
-    The w measured losses before a point are the same at every evaluation that sees the
-    point at position w or later (records never change once appended), so each point's
-    statistics are computed once, kept in ``h.carry``, and an evaluation computes only the
-    points new since the one before (a flush's worth, not the whole window)."""
-    points = index[w:]
-    kept = h.carry.get(("loss_spike", w))
-    m = 0   # points whose statistics are kept from an earlier evaluation
-    if kept is not None:
-        at = int(np.searchsorted(kept.index, points[0]))
-        m = min(kept.index.size - at, points.size)
-        if not np.array_equal(kept.index[at:at + m], points[:m]):
-            m = 0   # not the run the kept values came from: compute all
-    stats = [a[at:at + m] for a in (kept.med, kept.sig, kept.top)] if m else [np.zeros(0)] * 3
-    if m < points.size:   # the new points (their windows start at y[m])
-        stats = [np.concatenate([a, b]) for a, b in zip(stats, _window_stats(y[m:], w))]
-    med, sig, top = stats
-    h.carry[("loss_spike", w)] = _Preceding(points, med, sig, top)
     return med, sig, top
 
 

@@ -52,11 +52,14 @@ def vanishing_gradients(h, cfg):
     if cols.size < 2:
         return None
     sizes = np.asarray(h.layout.param_sizes, float)
-    rms = g[:, cols] / np.sqrt(np.maximum(sizes[cols], 1.0))  # per-element scale: size-free
     # the first and the last third of the weight layers, each by its median: one quiet tensor
     # (a transformer's attention query at init, say) does not make a whole network "vanish"
     k = max(1, cols.size // 3)
-    first, last = row_median(rms[:, :k]), row_median(rms[:, -k:])
+
+    def ends(start: int) -> np.ndarray:   # (first, last) of the rows from start on
+        rms = g[start:, cols] / np.sqrt(np.maximum(sizes[cols], 1.0))  # per-element scale: size-free
+        return np.column_stack([row_median(rms[:, :k]), row_median(rms[:, -k:])])
+    first, last = h.per_record("vanishing_gradients", np.arange(g.shape[0]), ends).T
     ok = np.isfinite(first) & np.isfinite(last) & (last > 0)
     if ok.sum() < cfg.warmup_steps // 2:
         return None
@@ -87,7 +90,7 @@ def frozen_parameters(h, cfg):
     sampled = np.isfinite(upd)
     n_sampled = sampled.sum(axis=0)
     never_moves = (n_sampled >= 3) & (np.where(sampled, upd, 0.0) == 0).all(axis=0)
-    has_grad = (np.nan_to_num(grads, nan=0.0) > 0).any(axis=0)
+    has_grad = (grads > 0).any(axis=0)   # NaN (not measured) compares False
     stuck = never_moves & has_grad
     frozen = no_grad | not_in_opt | stuck
     if not frozen.any():

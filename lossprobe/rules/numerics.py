@@ -60,7 +60,7 @@ def nonfinite_gradients(h, cfg):
 @rule("nonfinite_inputs")
 def nonfinite_inputs(h, cfg):
     x = h.series("input_nonfinite")
-    bad = np.nan_to_num(x, nan=0.0) > 0
+    bad = x > 0   # NaN (not measured) compares False
     if not bad.any():
         return None
     i = int(np.argmax(bad))
@@ -84,7 +84,7 @@ def softmax_overflow(h, cfg):
             "loss": float(loss[i]), "expected_pin": round(target, 4), "pinned_steps": int(pinned.sum())})
     big = h.series("logit_abs_max")
     sat = np.fmax(h.series("softmax_saturation"), h.series("softmax_underflow"))  # rows with exact zeros
-    over = (np.nan_to_num(big, nan=0.0) >= FP32_EXP_LIMIT) & (np.nan_to_num(sat, nan=0.0) >= 0.5)
+    over = (big >= FP32_EXP_LIMIT) & (sat >= 0.5)   # NaN (not measured) compares False
     if over.sum() >= 3:
         i = int(np.argmax(over))
         return Detection("softmax_overflow", int(steps[i]), {

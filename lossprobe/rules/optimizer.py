@@ -54,15 +54,17 @@ def _update_ratio(h, live_only: bool = False):
     u = u[:, cols]
     steps = h.steps()
     if live_only:
-        g = np.nan_to_num(h.matrix("param_grad_norms")[:, cols], nan=0.0)
-        live = g > 0
+        live = h.matrix("param_grad_norms")[:, cols] > 0   # NaN (not measured) compares False
         if h.facts.in_optimizer is not None:
             live &= np.asarray(h.facts.in_optimizer, bool)[cols][None, :]
         u = np.where(live, u, np.nan)
     sampled = np.isfinite(u).any(axis=1)
     if sampled.sum() < 3:
         return None, None
-    return row_nanmedian(u[sampled]), steps[sampled]
+    rows = np.flatnonzero(sampled)
+    r = h.per_record(("update_ratio", live_only), rows, lambda start: row_nanmedian(u[rows[start:]]),
+                     depends=h.facts.in_optimizer if live_only else None)
+    return r, steps[rows]
 
 
 def _norm_drift(h):
@@ -82,9 +84,12 @@ def _norm_drift(h):
     if rows.size < 2:
         return None, None
     steps = h.steps()[rows]
-    dt = np.diff(steps).astype(float)
-    drift = np.abs(np.diff(np.log(p[rows]), axis=0)) / np.maximum(dt, 1.0)[:, None]
-    return row_median(drift), steps[1:]
+
+    def drift(start: int) -> np.ndarray:   # the intervals that end at rows[start + 1:]
+        dt = np.diff(steps[start:]).astype(float)
+        d = np.abs(np.diff(np.log(p[rows[start:]]), axis=0)) / np.maximum(dt, 1.0)[:, None]
+        return row_median(d)
+    return h.per_record("norm_drift", rows[1:], drift), steps[1:]
 
 
 @rule("learning_rate_too_high")
