@@ -35,44 +35,53 @@ INITIAL_STEPS = 8
 
 
 class _Ring:
-    """A fixed-capacity ring of rows (shape ``(capacity, *row_shape)``)."""
+    """The last ``capacity`` rows appended, oldest first, always contiguous: rows are written
+    one after another into a buffer a quarter longer than the capacity; when it is full, the
+    rows still in the window move to the front of a new buffer. A view is a slice (no copy
+    per evaluation), and a view once handed out never changes: writes go past its end, and a
+    full buffer is replaced, not overwritten."""
 
     def __init__(self, capacity: int, row_shape: tuple[int, ...] = (), dtype=float):
-        self.data = np.full((capacity, *row_shape), np.nan if dtype is float else 0, dtype=dtype)
         self.capacity = capacity
+        self._fill = np.nan if dtype is float else 0
+        self.data = np.full((capacity + max(1, capacity // 4), *row_shape), self._fill, dtype=dtype)
+        self.end = 0    # rows written into data; the window is the last min(count, capacity)
         self.count = 0  # total rows ever appended
-        self._view: np.ndarray | None = None   # the rows oldest first, until the next append
+        self._view: np.ndarray | None = None   # the window, until the next write
 
     def append(self, row) -> None:
-        self.data[self.count % self.capacity] = row
+        if self.end == len(self.data):
+            self._renew(1)
+        self.data[self.end] = row
+        self.end += 1
         self.count += 1
-        self._view = None   # dropped, not kept beside the ring: memory stays the ring's
-
-    def extend(self, rows: np.ndarray) -> None:
-        """Append ``rows`` in order (what ``append`` of each does, in at most two writes)."""
-        n = len(rows)
-        kept = rows[-self.capacity:]            # more rows than the ring holds: the last ones
-        at = (self.count + n - len(kept)) % self.capacity
-        first = min(len(kept), self.capacity - at)
-        self.data[at:at + first] = kept[:first]
-        self.data[:len(kept) - first] = kept[first:]   # the rest wraps to the front
-        self.count += n
         self._view = None
 
+    def extend(self, rows: np.ndarray) -> None:
+        """Append ``rows`` in order (what ``append`` of each does, in one write)."""
+        kept = rows[-self.capacity:]            # more rows than the ring holds: the last ones
+        if self.end + len(kept) > len(self.data):
+            self._renew(len(kept))
+        self.data[self.end:self.end + len(kept)] = kept
+        self.end += len(kept)
+        self.count += len(rows)
+        self._view = None
+
+    def _renew(self, incoming: int) -> None:
+        """A new buffer, holding at its front the rows that stay in the window once
+        ``incoming`` more arrive."""
+        keep = min(self.count, self.capacity - incoming)
+        new = np.full_like(self.data, self._fill)
+        new[:keep] = self.data[self.end - keep:self.end]
+        self.data, self.end = new, keep
+
     def view(self) -> np.ndarray:
-        """Rows oldest first, read-only (a copy when the ring has wrapped, made once between
-        appends: the rules of one evaluation read the same series many times)."""
-        if self._view is not None:
-            return self._view
-        n = min(self.count, self.capacity)
-        if self.count <= self.capacity:
-            v = self.data[:n]
-        else:
-            start = self.count % self.capacity
-            v = np.concatenate([self.data[start:], self.data[:start]])
-        v.flags.writeable = False
-        self._view = v
-        return v
+        """Rows oldest first, read-only (one slice between writes: the rules of one evaluation
+        read the same series many times)."""
+        if self._view is None:
+            self._view = self.data[self.end - min(self.count, self.capacity):self.end]
+            self._view.flags.writeable = False
+        return self._view
 
 
 class _Sketch:
