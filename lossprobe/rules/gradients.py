@@ -5,7 +5,7 @@ import numpy as np
 
 from ..findings import Detection
 from . import rule
-from .stats import finite, longest_run, median, row_median
+from .stats import along, finite, longest_run, median, row_median
 
 
 def _weight_columns(h) -> np.ndarray:
@@ -88,9 +88,9 @@ def frozen_parameters(h, cfg):
     upd = h.matrix("update_ratios")
     grads = h.matrix("param_grad_norms")
     sampled = np.isfinite(upd)
-    n_sampled = sampled.sum(axis=0)
-    never_moves = (n_sampled >= 3) & (np.where(sampled, upd, 0.0) == 0).all(axis=0)
-    has_grad = (grads > 0).any(axis=0)   # NaN (not measured) compares False
+    n_sampled = along(sampled, "sum", 0)
+    never_moves = (n_sampled >= 3) & along(np.where(sampled, upd, 0.0) == 0, "all", 0)
+    has_grad = along(grads > 0, "any", 0)   # NaN (not measured) compares False
     stuck = never_moves & has_grad
     frozen = no_grad | not_in_opt | stuck
     if not frozen.any():
@@ -130,10 +130,10 @@ def zero_gradients(h, cfg):
     if g.size == 0:
         return None
     measured = np.isfinite(g) & ~h.matrix("param_grad_missing")
-    rows = np.flatnonzero(measured.any(axis=1))
+    rows = np.flatnonzero(along(measured, "any", 1))
     if rows.size < ZERO_GRAD_STEPS:
         return None
-    zero = (np.where(measured[rows], g[rows], 0.0) == 0.0).all(axis=1)
+    zero = along(np.where(measured[rows], g[rows], 0.0) == 0.0, "all", 1)
     best, best_start = longest_run(zero)   # consecutive all-zero measured steps
     if best < ZERO_GRAD_STEPS:
         return None

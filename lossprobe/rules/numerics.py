@@ -7,7 +7,7 @@ import numpy as np
 
 from ..findings import Detection
 from . import rule
-from .stats import finite, longest_run
+from .stats import along, finite, longest_run
 
 # exp(x) overflows fp32 above ln(FLT_MAX) ~ 88.7: logits that large saturate softmax to exact 0/1.
 FP32_EXP_LIMIT = 88.0
@@ -38,7 +38,7 @@ def nonfinite_gradients(h, cfg):
     if g.size == 0:
         return None
     bad = ~np.isfinite(g) & ~absent
-    rows = bad.any(axis=1)
+    rows = along(bad, "any", 1)
     if not rows.any():
         return None
     # An isolated non-finite step after which training goes on finite is what AMP's

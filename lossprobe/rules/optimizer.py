@@ -13,7 +13,7 @@ from ..findings import Detection
 from . import rule
 from .curves import chance_level_loss, is_converged, learning_well, loss_trend, measured_losses
 from .gradients import _weight_columns
-from .stats import row_median, row_nanmedian, theil_sen, thirds
+from .stats import along, row_median, row_nanmedian, theil_sen, thirds
 
 # The optimizer rules judge "is the loss still falling" on the last 30 losses rather than
 # the curve rules' 60: their main evidence (the update/weight ratio, the weight norms) is
@@ -58,7 +58,7 @@ def _update_ratio(h, live_only: bool = False):
         if h.facts.in_optimizer is not None:
             live &= np.asarray(h.facts.in_optimizer, bool)[cols][None, :]
         u = np.where(live, u, np.nan)
-    sampled = np.isfinite(u).any(axis=1)
+    sampled = along(np.isfinite(u), "any", 1)
     if sampled.sum() < 3:
         return None, None
     rows = np.flatnonzero(sampled)
@@ -80,7 +80,7 @@ def _norm_drift(h):
         return None, None
     cols = _weight_columns(h)
     p = p[:, cols]
-    rows = np.flatnonzero(np.isfinite(p).all(axis=1) & (p > 0).all(axis=1))
+    rows = np.flatnonzero(along(np.isfinite(p) & (p > 0), "all", 1))
     if rows.size < 2:
         return None, None
     steps = h.steps()[rows]
@@ -204,7 +204,7 @@ def over_regularization(h, cfg):
     cols = _weight_columns(h)
     if p.size == 0:
         return None
-    rows = np.flatnonzero(np.isfinite(p[:, cols]).all(axis=1))
+    rows = np.flatnonzero(along(np.isfinite(p[:, cols]), "all", 1))
     if rows.size == 0 or not np.isfinite(h.first_param_norms[cols]).all():
         return None
     start = float(np.sqrt(np.sum(h.first_param_norms[cols] ** 2)))
