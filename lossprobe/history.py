@@ -224,8 +224,9 @@ class History:
         ``compute(start)`` returns the values of ``rows[start:]``; the values an earlier
         evaluation computed for rows still in the window are kept (by run-wide index, see
         :attr:`first_index`), so an evaluation computes only the rows new since then.
-        ``depends``: what else the values depend on (a config value, a fact): when it
-        changes, all are computed again. ``key`` names the computation.
+        ``depends``: what else the values depend on (a config value, a fact; compared with
+        ``==``, so a number, string, bytes or tuple): when it changes, all are computed
+        again. ``key`` names the computation.
 
         Example::
 
@@ -233,17 +234,18 @@ class History:
         """
         index = self.first_index + np.asarray(rows)
         kept = self._kept.get(key)
-        m = 0   # leading rows whose values are kept
+        at = m = 0   # kept[2][at:at + m]: the values of the leading m rows
         if kept is not None and kept[0] == depends and index.size:
-            old_index, old = kept[1], kept[2]
-            at = int(np.searchsorted(old_index, index[0]))
-            m = min(old_index.size - at, index.size)
-            if not np.array_equal(old_index[at:at + m], index[:m]):
+            at = int(np.searchsorted(kept[1], index[0]))
+            m = min(kept[1].size - at, index.size)
+            if not np.array_equal(kept[1][at:at + m], index[:m]):
                 m = 0   # not the rows the kept values came from: compute all
-        if m == index.size:
-            values = old[at:at + m]
+        if m and m == index.size:
+            values = kept[2][at:at + m]
         else:
-            values = np.concatenate([old[at:at + m], compute(m)]) if m else np.asarray(compute(0))
+            values = np.asarray(compute(m))
+            if m:
+                values = np.concatenate([kept[2][at:at + m], values])
             values.flags.writeable = False
         self._kept[key] = (depends, index, values)
         return values

@@ -53,17 +53,19 @@ def _update_ratio(h, live_only: bool = False):
     cols = _weight_columns(h)
     u = u[:, cols]
     steps = h.steps()
+    held = None   # which of the columns the optimizer holds, when known (live_only)
     if live_only:
         live = h.matrix("param_grad_norms")[:, cols] > 0   # NaN (not measured) compares False
         if h.facts.in_optimizer is not None:
-            live &= np.asarray(h.facts.in_optimizer, bool)[cols][None, :]
+            held = np.asarray(h.facts.in_optimizer, bool)[cols]
+            live &= held[None, :]
         u = np.where(live, u, np.nan)
     sampled = along(np.isfinite(u), "any", 1)
     if sampled.sum() < 3:
         return None, None
     rows = np.flatnonzero(sampled)
     r = h.per_record(("update_ratio", live_only), rows, lambda start: row_nanmedian(u[rows[start:]]),
-                     depends=h.facts.in_optimizer if live_only else None)
+                     depends=None if held is None else held.tobytes())
     return r, steps[rows]
 
 
