@@ -223,8 +223,7 @@ class Probe:
             self._adopt(flush.layout)
         if flush.facts is not None:
             self._history.set_facts(flush.facts)
-        for rec in records:
-            self._history.append(rec)
+        self._history.extend(records)
         for step, v in flush.val_points:
             self._history.add_val(step, v)
         previous = self._verdict.health

@@ -112,25 +112,59 @@ class Columns:
 
     def decode(self, step: int, row: np.ndarray) -> StepRecord:
         """A StepRecord from one row (nan = not measured)."""
-        row = np.asarray(row, dtype=float)
-        rec = StepRecord.__new__(StepRecord)   # every field is set here, from the row
-        fields = dict(zip(self._scalar_names, row[self._scalar_cols].tolist()), step=int(step), rank=0)
-        for name, a, b in self._param_spans:
-            fields[name] = row[a:b].copy()
-        a, b = self._spans["act"]
-        per = row[a:b].reshape(self.n_acts, len(STATS["act"].fields))
-        for k, name in enumerate(STATS["act"].field_names):
-            fields[name] = per[:, k].copy()
-        rec.__dict__.update(fields)
-        decode_grads(rec, rec.param_grad_norms)
-        if rec.loss_seen != 1.0:
-            rec.loss, rec.loss_seen = math.nan, 0.0
-        # the gradient already in .grad at the first backward, relative to the applied one
-        if not math.isnan(rec.grad_carried):
-            rec.grad_carried = rec.grad_carried / rec.grad_norm if rec.grad_norm > 0 else \
-                (0.0 if rec.grad_carried == 0 else math.nan)
-        return rec
+        return self.decode_rows([step], np.asarray(row, dtype=float)[None, :])[0]
 
+    def decode_rows(self, steps: Sequence[int], rows: np.ndarray) -> list[StepRecord]:
+        """StepRecords from rows (one per step; nan = not measured), as :meth:`decode` makes
+        each: every column is read out of the whole block at once, and each record gets its
+        rows of the per-parameter and per-activation blocks (views of one copy)."""
+        rows = np.asarray(rows, dtype=float)
+        n = len(steps)
+        blocks = {name: rows[:, a:b].copy() for name, a, b in self._param_spans}
+        a, b = self._spans["act"]
+        per = rows[:, a:b].reshape(n, self.n_acts, len(STATS["act"].fields))
+        for k, name in enumerate(STATS["act"].field_names):
+            blocks[name] = per[:, :, k].copy()
+        blocks.update(grad_blocks(blocks["param_grad_norms"]))
+        grad_norm = blocks.pop("grad_norm")
+        scalars = rows[:, self._scalar_cols].tolist()
+        names, cols = list(blocks), [list(m) for m in blocks.values()]
+        out = []
+        for i, step in enumerate(steps):
+            rec = StepRecord.__new__(StepRecord)   # every field is set here, from the row
+            fields = dict(zip(self._scalar_names, scalars[i]), step=int(step), rank=0)
+            fields.update(zip(names, [c[i] for c in cols]))
+            fields["grad_norm"] = grad_norm[i]
+            rec.__dict__.update(fields)
+            if rec.loss_seen != 1.0:
+                rec.loss, rec.loss_seen = math.nan, 0.0
+            # the gradient already in .grad at the first backward, relative to the applied one
+            if not math.isnan(rec.grad_carried):
+                rec.grad_carried = rec.grad_carried / rec.grad_norm if rec.grad_norm > 0 else \
+                    (0.0 if rec.grad_carried == 0 else math.nan)
+            out.append(rec)
+        return out
+
+
+def grad_blocks(g: np.ndarray) -> dict[str, Any]:
+    """:func:`decode_grads` of a block of rows (one step each) at once: ``g`` becomes the
+    per-parameter norms (sentinels turned to nan, in place); the masks as blocks and each
+    row's global gradient norm as a list of floats."""
+    missing, unmeasured = g == MISSING, g == UNMEASURED
+    g[g < 0] = np.nan
+    measured = ~missing & ~unmeasured
+    if measured.all():   # every row whole: one reduction (each row summed as on its own)
+        norms = np.sqrt(np.sum(g ** 2, axis=1)).tolist() if g.shape[1] else [math.nan] * len(g)
+    else:
+        norms = [_global_norm(row[m]) for row, m in zip(g, measured)]
+    return {"param_grad_norms": g, "param_grad_missing": missing, "param_grad_unmeasured": unmeasured,
+            "grad_norm": norms}
+
+
+def _global_norm(measured: np.ndarray) -> float:
+    """The L2 norm over the measured per-parameter norms (nan when none was measured)."""
+    return float(np.sqrt(np.sum(measured.astype(np.float64) ** 2))) \
+        if measured.size and not np.isnan(measured).all() else math.nan
 
 
 def decode_grads(rec: StepRecord, g: np.ndarray) -> None:
@@ -141,9 +175,7 @@ def decode_grads(rec: StepRecord, g: np.ndarray) -> None:
     rec.param_grad_missing = g == MISSING
     rec.param_grad_unmeasured = g == UNMEASURED
     g[g < 0] = np.nan
-    measured = g[~rec.param_grad_missing & ~rec.param_grad_unmeasured]
-    rec.grad_norm = float(np.sqrt(np.sum(measured.astype(np.float64) ** 2))) \
-        if measured.size and not np.isnan(measured).all() else math.nan
+    rec.grad_norm = _global_norm(g[~rec.param_grad_missing & ~rec.param_grad_unmeasured])
 
 
 def grad_sentinels(rec: StepRecord) -> np.ndarray:

@@ -459,9 +459,6 @@ class EagerCapture(CaptureGuard):
     def _decode(self, steps: list[Step], host, plan: list, pause=None) -> list[StepRecord]:
         """StepRecords from the host copy (numpy only); ``pause`` now and then."""
         rows = unpack(self.columns, steps, host, plan)
-        out = []
-        for i, (s, row) in enumerate(zip(steps, rows)):
-            out.append(self.columns.decode(s.step, row))
-            if pause is not None and i % 4 == 3:
-                pause()
-        return out
+        if pause is not None:
+            pause()
+        return self.columns.decode_rows([s.step for s in steps], rows)

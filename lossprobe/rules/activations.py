@@ -6,6 +6,7 @@ import numpy as np
 from ..findings import Detection
 from . import rule
 from .curves import learning_well
+from .stats import along
 
 
 def _persistent(h, field: str, kinds: tuple[str, ...], threshold: float, persist: float):
@@ -86,7 +87,7 @@ def bad_initialization(h, cfg):
     cols = np.flatnonzero(np.isin(kinds, ("relu", "tanh", "linear")) & hidden)
     if scale.size == 0 or cols.size < 3 or h.first_step is None:
         return None
-    rows = np.flatnonzero(np.isfinite(scale[:, cols]).all(axis=1))
+    rows = np.flatnonzero(along(np.isfinite(scale[:, cols]), "all", 1))
     if rows.size == 0 or h.steps()[rows[0]] - h.first_step > 2 * cfg.activation_every:
         return None  # only judge the very start of training
     s = scale[rows[0], cols]

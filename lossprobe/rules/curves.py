@@ -22,7 +22,7 @@ import numpy as np
 
 from ..findings import Detection
 from . import rule
-from .stats import MAD_TO_SIGMA, median, theil_sen, thirds
+from .stats import MAD_TO_SIGMA, median, row_median, theil_sen, thirds
 
 
 @dataclass
@@ -42,6 +42,30 @@ class Trend:
     def high(self, share: float) -> bool:
         """Still above ``share`` of the initial loss (not yet learned much)."""
         return abs(self.level) > share * abs(self.initial)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """The window's measured training losses: captured on their step and finite."""
+    ok: np.ndarray      # which rows of the window hold one
+    loss: np.ndarray    # the losses, oldest first
+    steps: np.ndarray   # their steps
+    t: np.ndarray       # their steps as floats (the x of a trend)
+
+
+def measured_losses(h) -> Measured:
+    """The window's measured, finite training losses with their steps (read-only arrays).
+    Memoised per history state: most curve rules start from them."""
+    return h.memo("measured_losses", lambda: _measured_losses(h))
+
+
+def _measured_losses(h) -> Measured:
+    loss, steps = h.series("loss"), h.steps()
+    ok = (h.series("loss_seen") > 0) & np.isfinite(loss)
+    m = Measured(ok, loss[ok], steps[ok], steps[ok].astype(float))
+    for a in (m.ok, m.loss, m.steps, m.t):
+        a.flags.writeable = False
+    return m
 
 
 def epoch_length(h) -> int:
@@ -70,8 +94,8 @@ def epoch_means(h) -> np.ndarray:
     e = epoch_length(h)
     if e < 2:
         return np.zeros(0)
-    loss, seen, steps, b = h.series("loss"), h.series("loss_seen") > 0, h.steps(), h.series("batch_size")
-    ok = seen & np.isfinite(loss)
+    loss, steps, b = h.series("loss"), h.steps(), h.series("batch_size")
+    ok = measured_losses(h).ok
     if not ok.any():
         return np.zeros(0)
     w = np.where(np.isfinite(b), b, 1.0)
@@ -106,24 +130,22 @@ def block_z(t: np.ndarray, y: np.ndarray, blocks: int = 10) -> float:
         return theil_sen(t, y)[1]
     n = k * blocks
     tb = t[-n:].reshape(blocks, k).mean(axis=1)
-    yb = np.median(y[-n:].reshape(blocks, k), axis=1)
+    yb = row_median(y[-n:].reshape(blocks, k))
     return theil_sen(tb, yb)[1]
 
 
 def loss_trend(h, cfg, min_points: int | None = None) -> Trend | None:
     """Trend of the last ``curve_window`` measured, finite losses; None during warm-up
     (fewer than ``min_points`` losses, default ``warmup_steps``). Memoised per history
-    state: several rules ask for it in one evaluation."""
-    return h.memo(("loss_trend", min_points, cfg.curve_window, cfg.warmup_steps),
-                  lambda: _loss_trend(h, cfg, min_points))
-
-
-def _loss_trend(h, cfg, min_points):
-    loss, seen, steps = h.series("loss"), h.series("loss_seen") > 0, h.steps()
-    ok = seen & np.isfinite(loss)
-    if ok.sum() < max(cfg.warmup_steps if min_points is None else min_points, 8):
+    state: several rules ask for it in one evaluation (whatever their ``min_points``)."""
+    m = measured_losses(h)
+    if m.loss.size < max(cfg.warmup_steps if min_points is None else min_points, 8):
         return None
-    y, t = loss[ok][-cfg.curve_window:], steps[ok][-cfg.curve_window:].astype(float)
+    return h.memo(("loss_trend", cfg.curve_window), lambda: _loss_trend(h, cfg, m))
+
+
+def _loss_trend(h, cfg, m: Measured):
+    y, t = m.loss[-cfg.curve_window:], m.t[-cfg.curve_window:]
     if y.size < 8:
         return None
     start, level = thirds(y)
@@ -148,9 +170,8 @@ def long_trend(h, cfg) -> tuple[float, float] | None:
     """(relative change, Theil-Sen z) over the last two curve windows; None with fewer than
     one and a half windows of losses. A slow, steady fall (a few % per window) is lost in one
     window's mini-batch noise but stands out over twice as many steps."""
-    loss, seen, steps = h.series("loss"), h.series("loss_seen") > 0, h.steps()
-    ok = seen & np.isfinite(loss)
-    y, t = loss[ok][-2 * cfg.curve_window:], steps[ok][-2 * cfg.curve_window:].astype(float)
+    m = measured_losses(h)
+    y, t = m.loss[-2 * cfg.curve_window:], m.t[-2 * cfg.curve_window:]
     if y.size < cfg.curve_window + cfg.curve_window // 2:
         return None
     start, level = thirds(y)
@@ -161,10 +182,9 @@ def long_trend(h, cfg) -> tuple[float, float] | None:
 def _rose_before(h, cfg) -> bool:
     """The window before the current one climbed too (significant slope, +12.5% or more):
     the loss has been rising for two windows, not turning up once."""
-    loss, seen, steps = h.series("loss"), h.series("loss_seen") > 0, h.steps()
-    ok = seen & np.isfinite(loss)
+    m = measured_losses(h)
     w = cfg.curve_window
-    y, t = loss[ok][-2 * w:-w], steps[ok][-2 * w:-w].astype(float)
+    y, t = m.loss[-2 * w:-w], m.t[-2 * w:-w]
     if y.size < w // 2:
         return False
     start, level = thirds(y)
@@ -213,9 +233,8 @@ def flat_stretch(h, cfg) -> Flat | None:
     curve that was falling before it is often just a pause (a regression at batch 32 that still
     halves its loss over the next epochs shows such windows).
     """
-    loss, seen, steps = h.series("loss"), h.series("loss_seen") > 0, h.steps()
-    ok = seen & np.isfinite(loss)
-    y_all, t_all = loss[ok], steps[ok].astype(float)
+    m = measured_losses(h)
+    y_all, t_all = m.loss, m.t
     w = cfg.curve_window
     limit = 2.5 * cfg.plateau_rel_drop
     best = None
@@ -390,24 +409,22 @@ def loss_divergence(h, cfg):
 
 @rule("loss_spike")
 def loss_spike(h, cfg):
-    loss, seen, steps = h.series("loss"), h.series("loss_seen") > 0, h.steps()
-    ok = seen & np.isfinite(loss)
-    y, t = loss[ok], steps[ok]
+    m = measured_losses(h)
+    ok, y, t = m.ok, m.loss, m.steps
     w = cfg.curve_window // 2
     if y.size < max(cfg.warmup_steps, w) + 1:
         return None
     scale = abs(h.initial_loss) if math.isfinite(h.initial_loss) else 0.0
-    # every point against the median and robust spread of the w points before it (vectorised)
-    win = np.lib.stride_tricks.sliding_window_view(y[:-1], w)        # win[k] = y[k : k + w]
-    med = np.median(win, axis=1)
-    sig = MAD_TO_SIGMA * np.median(np.abs(win - med[:, None]), axis=1)
-    top = win.max(axis=1) - med  # the largest excursion the preceding window itself produced
+    # every point against the median and robust spread of the w points before it: computed
+    # once for each point (its w predecessors never change), at the evaluation that first sees it
+    med, sig, top = h.per_record(("loss_spike", w), np.flatnonzero(ok)[w:],
+                                 lambda start: np.column_stack(_window_stats(y[start:], w))).T
     cur = y[w:]
     jump = cur - med
     # each point at its own batch size: a batch of b samples scatters sqrt(B/b) times more
     # than one of the run's usual size B (a one-sample last batch of an epoch ~ 5x at B=32)
     b = h.series("batch_size")[ok]
-    usual = float(np.nanmedian(b)) if np.isfinite(b).any() else math.nan
+    usual = median(b[~np.isnan(b)]) if np.isfinite(b).any() else math.nan   # np.nanmedian's value
     noise = np.where(np.isfinite(b[w:]) & (b[w:] > 0), np.sqrt(np.maximum(usual / b[w:], 1.0)), 1.0) \
         if math.isfinite(usual) else np.ones(cur.size)
     # A spike is something the recent run has not produced at all: at least 4x the largest
@@ -423,6 +440,16 @@ def loss_spike(h, cfg):
     return Detection("loss_spike", int(t[w + k]), {
         "loss": float(cur[k]), "median_before": float(med[k]), "noise_sigma_before": float(sig[k]),
         "jump_in_sigmas": float(jump[k] / max(sig[k], 1e-12))})
+
+
+def _window_stats(y: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(median, robust sigma, largest excursion above the median) of the w points before
+    each of ``y[w:]``."""
+    win = np.lib.stride_tricks.sliding_window_view(y[:-1], w)        # win[k] = y[k : k + w]
+    med = row_median(win)
+    sig = MAD_TO_SIGMA * row_median(np.abs(win - med[:, None]))
+    top = win.max(axis=1) - med  # the largest excursion the preceding window itself produced
+    return med, sig, top
 
 
 def _oscillating(tr, cfg) -> bool:

@@ -5,7 +5,7 @@ import numpy as np
 
 from ..findings import Detection
 from . import rule
-from .stats import finite, longest_run, median
+from .stats import along, finite, longest_run, median, row_median
 
 
 def _weight_columns(h) -> np.ndarray:
@@ -52,11 +52,14 @@ def vanishing_gradients(h, cfg):
     if cols.size < 2:
         return None
     sizes = np.asarray(h.layout.param_sizes, float)
-    rms = g[:, cols] / np.sqrt(np.maximum(sizes[cols], 1.0))  # per-element scale: size-free
     # the first and the last third of the weight layers, each by its median: one quiet tensor
     # (a transformer's attention query at init, say) does not make a whole network "vanish"
     k = max(1, cols.size // 3)
-    first, last = np.median(rms[:, :k], axis=1), np.median(rms[:, -k:], axis=1)
+
+    def ends(start: int) -> np.ndarray:   # (first, last) of the rows from start on
+        rms = g[start:, cols] / np.sqrt(np.maximum(sizes[cols], 1.0))  # per-element scale: size-free
+        return np.column_stack([row_median(rms[:, :k]), row_median(rms[:, -k:])])
+    first, last = h.per_record("vanishing_gradients", np.arange(g.shape[0]), ends).T
     ok = np.isfinite(first) & np.isfinite(last) & (last > 0)
     if ok.sum() < cfg.warmup_steps // 2:
         return None
@@ -85,9 +88,9 @@ def frozen_parameters(h, cfg):
     upd = h.matrix("update_ratios")
     grads = h.matrix("param_grad_norms")
     sampled = np.isfinite(upd)
-    n_sampled = sampled.sum(axis=0)
-    never_moves = (n_sampled >= 3) & (np.where(sampled, upd, 0.0) == 0).all(axis=0)
-    has_grad = (np.nan_to_num(grads, nan=0.0) > 0).any(axis=0)
+    n_sampled = along(sampled, "sum", 0)
+    never_moves = (n_sampled >= 3) & along(np.where(sampled, upd, 0.0) == 0, "all", 0)
+    has_grad = along(grads > 0, "any", 0)   # NaN (not measured) compares False
     stuck = never_moves & has_grad
     frozen = no_grad | not_in_opt | stuck
     if not frozen.any():
@@ -127,10 +130,10 @@ def zero_gradients(h, cfg):
     if g.size == 0:
         return None
     measured = np.isfinite(g) & ~h.matrix("param_grad_missing")
-    rows = np.flatnonzero(measured.any(axis=1))
+    rows = np.flatnonzero(along(measured, "any", 1))
     if rows.size < ZERO_GRAD_STEPS:
         return None
-    zero = (np.where(measured[rows], g[rows], 0.0) == 0.0).all(axis=1)
+    zero = along(np.where(measured[rows], g[rows], 0.0) == 0.0, "all", 1)
     best, best_start = longest_run(zero)   # consecutive all-zero measured steps
     if best < ZERO_GRAD_STEPS:
         return None

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..findings import Detection
 from . import rule
-from .stats import finite, longest_run
+from .stats import along, finite, longest_run
 
 # exp(x) overflows fp32 above ln(FLT_MAX) ~ 88.7: logits that large saturate softmax to exact 0/1.
 FP32_EXP_LIMIT = 88.0
@@ -38,7 +38,7 @@ def nonfinite_gradients(h, cfg):
     if g.size == 0:
         return None
     bad = ~np.isfinite(g) & ~absent
-    rows = bad.any(axis=1)
+    rows = along(bad, "any", 1)
     if not rows.any():
         return None
     # An isolated non-finite step after which training goes on finite is what AMP's
@@ -60,7 +60,7 @@ def nonfinite_gradients(h, cfg):
 @rule("nonfinite_inputs")
 def nonfinite_inputs(h, cfg):
     x = h.series("input_nonfinite")
-    bad = np.nan_to_num(x, nan=0.0) > 0
+    bad = x > 0   # NaN (not measured) compares False
     if not bad.any():
         return None
     i = int(np.argmax(bad))
@@ -84,7 +84,7 @@ def softmax_overflow(h, cfg):
             "loss": float(loss[i]), "expected_pin": round(target, 4), "pinned_steps": int(pinned.sum())})
     big = h.series("logit_abs_max")
     sat = np.fmax(h.series("softmax_saturation"), h.series("softmax_underflow"))  # rows with exact zeros
-    over = (np.nan_to_num(big, nan=0.0) >= FP32_EXP_LIMIT) & (np.nan_to_num(sat, nan=0.0) >= 0.5)
+    over = (big >= FP32_EXP_LIMIT) & (sat >= 0.5)   # NaN (not measured) compares False
     if over.sum() >= 3:
         i = int(np.argmax(over))
         return Detection("softmax_overflow", int(steps[i]), {

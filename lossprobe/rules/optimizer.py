@@ -11,9 +11,9 @@ import numpy as np
 
 from ..findings import Detection
 from . import rule
-from .curves import chance_level_loss, is_converged, learning_well, loss_trend
+from .curves import chance_level_loss, is_converged, learning_well, loss_trend, measured_losses
 from .gradients import _weight_columns
-from .stats import row_nanmedian, theil_sen, thirds
+from .stats import along, row_median, row_nanmedian, theil_sen, thirds
 
 # The optimizer rules judge "is the loss still falling" on the last 30 losses rather than
 # the curve rules' 60: their main evidence (the update/weight ratio, the weight norms) is
@@ -29,11 +29,10 @@ def _stalled(h, cfg):
 
 
 def _stalled_now(h, cfg):
-    loss, seen, steps = h.series("loss"), h.series("loss_seen") > 0, h.steps()
-    ok = seen & np.isfinite(loss)
-    if ok.sum() < max(cfg.warmup_steps, 8) or not np.isfinite(h.initial_loss):
+    m = measured_losses(h)
+    if m.loss.size < max(cfg.warmup_steps, 8) or not np.isfinite(h.initial_loss):
         return None
-    y, t = loss[ok][-RECENT:], steps[ok][-RECENT:].astype(float)
+    y, t = m.loss[-RECENT:], m.t[-RECENT:]
     start, level = thirds(y)
     rel = (level - start) / abs(start) if start else 0.0
     _, z = theil_sen(t, y)
@@ -54,16 +53,20 @@ def _update_ratio(h, live_only: bool = False):
     cols = _weight_columns(h)
     u = u[:, cols]
     steps = h.steps()
+    held = None   # which of the columns the optimizer holds, when known (live_only)
     if live_only:
-        g = np.nan_to_num(h.matrix("param_grad_norms")[:, cols], nan=0.0)
-        live = g > 0
+        live = h.matrix("param_grad_norms")[:, cols] > 0   # NaN (not measured) compares False
         if h.facts.in_optimizer is not None:
-            live &= np.asarray(h.facts.in_optimizer, bool)[cols][None, :]
+            held = np.asarray(h.facts.in_optimizer, bool)[cols]
+            live &= held[None, :]
         u = np.where(live, u, np.nan)
-    sampled = np.isfinite(u).any(axis=1)
+    sampled = along(np.isfinite(u), "any", 1)
     if sampled.sum() < 3:
         return None, None
-    return row_nanmedian(u[sampled]), steps[sampled]
+    rows = np.flatnonzero(sampled)
+    r = h.per_record(("update_ratio", live_only), rows, lambda start: row_nanmedian(u[rows[start:]]),
+                     depends=None if held is None else held.tobytes())
+    return r, steps[rows]
 
 
 def _norm_drift(h):
@@ -79,13 +82,16 @@ def _norm_drift(h):
         return None, None
     cols = _weight_columns(h)
     p = p[:, cols]
-    rows = np.flatnonzero(np.isfinite(p).all(axis=1) & (p > 0).all(axis=1))
+    rows = np.flatnonzero(along(np.isfinite(p) & (p > 0), "all", 1))
     if rows.size < 2:
         return None, None
     steps = h.steps()[rows]
-    dt = np.diff(steps).astype(float)
-    drift = np.abs(np.diff(np.log(p[rows]), axis=0)) / np.maximum(dt, 1.0)[:, None]
-    return np.median(drift, axis=1), steps[1:]
+
+    def drift(start: int) -> np.ndarray:   # the intervals that end at rows[start + 1:]
+        dt = np.diff(steps[start:]).astype(float)
+        d = np.abs(np.diff(np.log(p[rows[start:]]), axis=0)) / np.maximum(dt, 1.0)[:, None]
+        return row_median(d)
+    return h.per_record("norm_drift", rows[1:], drift), steps[1:]
 
 
 @rule("learning_rate_too_high")
@@ -200,7 +206,7 @@ def over_regularization(h, cfg):
     cols = _weight_columns(h)
     if p.size == 0:
         return None
-    rows = np.flatnonzero(np.isfinite(p[:, cols]).all(axis=1))
+    rows = np.flatnonzero(along(np.isfinite(p[:, cols]), "all", 1))
     if rows.size == 0 or not np.isfinite(h.first_param_norms[cols]).all():
         return None
     start = float(np.sqrt(np.sum(h.first_param_norms[cols] ** 2)))
