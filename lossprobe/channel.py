@@ -1,14 +1,12 @@
 """Channel: the one way a backend talks to its probe.
 
 A backend never touches the probe itself (its history, sinks or privates): it is started
-with a channel and uses four calls::
+with a channel and uses three calls::
 
     channel.ingest(Flush(decode=..., val_points=..., facts=...))  # a flush: decoded off the training thread
     channel.boundary()             # a step boundary on the training thread: queued sink updates
                                    # are delivered, a pending TrainingHealthError is raised
     channel.warn("torch:outputs", "model output holds no tensor; output statistics are off")
-    channel.outside()              # a long call outside the interpreter starts (backward, a
-                                   # compiled step): the probe's worker thread works now
 
 ``Channel.null()`` is a channel to nowhere (a backend used without a probe).
 """
@@ -23,9 +21,8 @@ class Channel:
     """Backend -> probe: ``ingest`` a flush, mark a step ``boundary``, ``warn`` once per key."""
 
     def __init__(self, ingest: Callable[[Flush], None], boundary: Callable[[bool], None],
-                 warn: Callable[[str, str], None], outside: Callable[[], None] | None = None):
+                 warn: Callable[[str, str], None]):
         self._ingest, self._boundary, self._warn = ingest, boundary, warn
-        self.outside: Callable[[], None] = outside or _nothing
 
     def ingest(self, flush: Flush) -> None:
         """Hand over one flush (processed in order, on the probe's worker thread or inline)."""
@@ -40,13 +37,6 @@ class Channel:
         """Report ``msg`` once for ``key`` (through the ``lossprobe`` logger)."""
         self._warn(key, msg)
 
-    # outside(): set in __init__ (one call, no wrapper frame: it runs on every step) --
-    # the training thread is about to spend a while outside the interpreter
-
     @classmethod
     def null(cls) -> "Channel":
         return cls(lambda flush: None, lambda raise_pending: None, lambda key, msg: None)
-
-
-def _nothing() -> None:
-    return None

@@ -76,8 +76,7 @@ class Probe:
         if layout.rank != 0:  # data parallelism: one publisher; a sink with all_ranks stays everywhere
             sinks = [s for s in sinks if getattr(s, "all_ranks", False)]
         self.sinks: list[Sink] = sinks
-        self.channel = Channel(self._ingest, self._boundary, self._warn_once,
-                               self._worker.turn if self._worker is not None else None)
+        self.channel = Channel(self._ingest, self._boundary, self._warn_once)
 
     # -- lifecycle --------------------------------------------------------
     def _start(self, backend) -> None:
@@ -227,10 +226,7 @@ class Probe:
         for step, v in flush.val_points:
             self._history.add_val(step, v)
         previous = self._verdict.health
-        due = self._schedule.due(records)
-        if due and self._worker is not None:
-            self._worker.wait_turn()   # the rules in a turn of their own
-        new = self._evaluate() if due else []
+        new = self._evaluate() if self._schedule.due(records) else []
         rows: list = []
         if any(getattr(s, "wants_metrics", True) for s in self.sinks):
             rows = metric_rows(records, self.layout, self.config.max_layer_metrics)

@@ -34,17 +34,7 @@ def yield_gil() -> None:
 
 class Worker:
     """Runs submitted callables in order on one daemon thread. ``on_error(what, exc)`` is
-    told about an exception (the worker goes on); ``on_slow(msg)`` when a drain gives up.
-
-    Its turns. The worker's Python work and the training thread's share one interpreter lock:
-    a worker busy when a device op returns makes the training thread wait, up to the switch
-    interval (5 ms), and ``sleep(0)`` pauses do not reliably hand the lock over (the waiting
-    thread needs longer to wake). So before each piece of work (:meth:`wait_turn`) the worker
-    waits for the training thread to announce a long call outside the interpreter
-    (:meth:`turn`: a backward pass, a compiled Keras step) and works while that call runs. It
-    waits ``TURN_TIMEOUT`` at most, and not at all when more work is queued or on drain."""
-
-    TURN_TIMEOUT = 0.05
+    told about an exception (the worker goes on); ``on_slow(msg)`` when a drain gives up."""
 
     def __init__(self, on_error: Callable[[str, BaseException], None],
                  on_slow: Callable[[str], None] | None = None, drain_timeout: float = 60.0):
@@ -52,28 +42,8 @@ class Worker:
         self.on_slow = on_slow
         self.queue: queue.Queue = queue.Queue()
         self.drain_timeout = drain_timeout
-        self._turn = threading.Event()
-        self.waiting = False       # the worker waits for its turn (a plain flag: read on every step)
-        self._draining = False
         self.thread = threading.Thread(target=self._run, name="lossprobe-flush", daemon=True)
         self.thread.start()
-
-    def turn(self) -> None:
-        """Training thread: a long call outside the interpreter starts now (the worker's turn)."""
-        if self.waiting:
-            self._turn.set()
-
-    def wait_turn(self) -> None:
-        """Worker: wait for the training thread's next :meth:`turn` (bounded; skipped when
-        work is queued behind this piece or a drain waits for it)."""
-        if self._draining or not self.queue.empty() or not self.here():
-            return
-        self._turn.clear()
-        self.waiting = True
-        try:
-            self._turn.wait(self.TURN_TIMEOUT)
-        finally:
-            self.waiting = False
 
     def here(self) -> bool:
         """Is the caller this worker's thread?"""
@@ -89,7 +59,6 @@ class Worker:
                 if item is None:
                     return
                 fn, args = item
-                self.wait_turn()
                 try:
                     fn(*args)
                 except Exception as exc:
@@ -100,20 +69,15 @@ class Worker:
     def drain(self) -> None:
         if self.here():
             return
-        self._draining = True
-        self._turn.set()
-        try:
-            deadline = time.monotonic() + self.drain_timeout
-            with self.queue.all_tasks_done:
-                while self.queue.unfinished_tasks:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        if self.on_slow is not None:
-                            self.on_slow("flush processing is taking too long; reading what is done")
-                        return
-                    self.queue.all_tasks_done.wait(min(left, 0.5))
-        finally:
-            self._draining = False
+        deadline = time.monotonic() + self.drain_timeout
+        with self.queue.all_tasks_done:
+            while self.queue.unfinished_tasks:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if self.on_slow is not None:
+                        self.on_slow("flush processing is taking too long; reading what is done")
+                    return
+                self.queue.all_tasks_done.wait(min(left, 0.5))
 
     def stop(self) -> None:
         self.drain()

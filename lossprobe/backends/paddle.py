@@ -179,8 +179,6 @@ class _Backward:
         live = list(_Backward.backends)
         for b in live:
             b._reached = False
-            if b.channel is not None:
-                b.channel.outside()   # the backward pass: the probe's worker works meanwhile
         out = _Backward.original(tensor, *args, **kwargs)
         for b in live:
             b._safe("backward", b._after_backward, tensor)

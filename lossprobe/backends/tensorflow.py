@@ -647,7 +647,6 @@ class KerasBackend(CaptureGuard):
             self.flush()
         if self.channel is not None:
             self.channel.boundary()  # raises TrainingHealthError when on_critical="raise"
-            self.channel.outside()   # the compiled step runs next: the probe's worker works meanwhile
 
     def _epoch_end(self, logs: dict) -> None:
         self._host_steps += self._spe  # the epoch's last execution (an upper bound; exact at flush)

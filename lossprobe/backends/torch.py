@@ -223,8 +223,6 @@ class _Hooks:
         live = list(self.backends)
         for b in live:
             b._guarded("backward", b._before_backward)
-            if b.channel is not None:
-                b.channel.outside()   # the backward pass: the probe's worker works meanwhile
         out = self.original_backward(tensors, *args, **kwargs)
         for b in live:
             b._guarded("backward", b._after_backward, tensors)
