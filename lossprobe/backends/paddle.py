@@ -149,6 +149,13 @@ class _Hook:
         return (_Hook, (_noop,))
 
 
+class _NoLayer:
+    """Stands for "a loss no layer gave" in the table of known loss layers."""
+
+
+_NO_LAYER = _NoLayer()
+
+
 def _noop(*args):
     return None
 
@@ -236,7 +243,7 @@ class PaddleBackend(EagerCapture):
         self._producer_hooks: list[Any] = []
         self._linked: Any = None       # the paddle.Model whose train_batch is wrapped
         self._shapes_checked: "weakref.WeakSet[Any]" = weakref.WeakSet()   # loss layers looked at
-        self._loss_layers: dict[Any, Callable] = {}   # id(loss layer) -> weakref: its facts are known
+        self._loss_layers: dict[int, tuple] = {}   # loss layers whose facts are known (_known)
         self._hooked_loss: Any = None  # the loss callable whose calls are captured
         self._opt_depth = 0
         self._opt_wrapped: Any = None  # optimizer whose step/minimize is wrapped: exact grads read there
@@ -527,14 +534,13 @@ class PaddleBackend(EagerCapture):
             self.facts.learn(output_units=int(pred.shape[-1]))  # a loss inside forward runs before the root's output
         cur = self._loss_step()
         facts = None
-        key = id(layer) if layer is not None else None
-        known = self._loss_layers.get(key)
-        if cur.sampled or known is None or (layer is not None and known() is not layer):
+        source = layer if layer is not None else _NO_LAYER
+        if cur.sampled or not self._known(self._loss_layers, source):
             # what the loss is and what feeds it: looked at again on sampled steps only
             facts = _loss_facts(layer) if layer is not None else {}
             if isinstance(pred, paddle.Tensor) and getattr(pred, "grad_fn", None) is not None:
                 facts["loss_input_activation"] = output_activation(pred.grad_fn, self._node_inputs)
-            self._loss_layers[key] = weakref.ref(layer) if layer is not None else (lambda: None)
+            self._remember(self._loss_layers, source)
         self._loss_output(cur, output, facts, inputs[1] if len(inputs) >= 2 else None)
 
     def _backward_done(self, cur: Step) -> None:

@@ -456,15 +456,8 @@ class TorchBackend(EagerCapture):
         facts = None
         if cur.sampled or not self._known(self._loss_facts, module):   # looked at again on sampled steps only
             facts = self._facts_of_loss(module, args)
-            self._loss_facts[id(module)] = (weakref.ref(module), facts)
+            self._remember(self._loss_facts, module, facts)
         self._loss_output(cur, output, facts, args[1] if len(args) >= 2 else None)
-
-    @staticmethod
-    def _known(table: dict, module) -> bool:
-        """Is ``module`` in ``table`` (``id -> (weakref, ...)``: a lookup that makes no weakref,
-        as a WeakSet's does on every call)?"""
-        entry = table.get(id(module))
-        return entry is not None and entry[0]() is module
 
     def _facts_of_loss(self, module, args) -> dict:
         """What a loss module tells: its kind, whether it takes logits, the activation in front
@@ -483,7 +476,7 @@ class TorchBackend(EagerCapture):
         at once per loss module, on its first call with this model's output."""
         x, y = args[0], args[1]
         if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and self._is_our_output(x):
-            self._shapes_checked[id(module)] = (weakref.ref(module),)
+            self._remember(self._shapes_checked, module)
             note = broadcast_note(_kind_of(module, _LOSS_KINDS) or "", x.shape, y.shape)
             if note:
                 self.facts.learn(loss_broadcast=note)

@@ -221,6 +221,23 @@ class EagerCapture(CaptureGuard):
             if not self.facts.knows("loss_kind"):
                 self.facts.learn(**loss_from_graph(loss.grad_fn, self._node_inputs))
 
+    # -- objects known by identity (loss modules/layers): a lookup that makes no weakref ----
+    KNOWN_PRUNE = 64   # entries past which dead ones are dropped (a loss module made every step)
+
+    @staticmethod
+    def _known(table: dict, obj) -> bool:
+        """Is ``obj`` in ``table`` (``id -> (weakref, ...)``)? A WeakSet/WeakKeyDictionary
+        makes a weakref on every lookup, once per step on the hot path."""
+        entry = table.get(id(obj))
+        return entry is not None and entry[0]() is obj
+
+    def _remember(self, table: dict, obj, *values) -> None:
+        """Enter ``obj`` (and ``values``) in ``table``; dead entries go once it has grown."""
+        if len(table) >= self.KNOWN_PRUNE:
+            for key in [k for k, e in table.items() if e[0]() is None]:
+                del table[key]
+        table[id(obj)] = (weakref.ref(obj), *values)
+
     def _reached_unwatched(self, loss) -> bool:
         """Did a backward from ``loss`` reach the model's output, which carried no hook? Yes
         when ``loss`` is the loss a loss hook gave this step; a subclass may follow the graph."""

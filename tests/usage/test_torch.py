@@ -325,6 +325,31 @@ def test_a_loop_that_changes_how_it_calls_backward_keeps_every_loss():
     assert_healthy(probe, 60)
 
 
+def test_a_loss_module_made_every_step_is_remembered_in_bounded_memory():
+    """``nn.CrossEntropyLoss()(out, y)`` builds a new loss module each step. The probe knows
+    loss modules by identity (a weakref per entry); entries of dead modules must not pile up
+    over a long run, and every step still has its loss."""
+    torch.manual_seed(0)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    probe = lossprobe.attach(model, optimizer=opt, sinks=[])
+    for x, y in batches(300):
+        loss = nn.CrossEntropyLoss()(model(x), y)
+        opt.zero_grad(); loss.backward(); opt.step()
+    backend = probe._backend
+    probe.detach()
+    assert (probe.history.series("loss_seen") > 0).all() and probe.history.n_steps == 300
+    assert len(backend._loss_facts) <= backend.KNOWN_PRUNE + 1
+    # addresses of freed modules are often reused; with 200 alive at once, they are not
+    alive = [nn.CrossEntropyLoss() for _ in range(200)]
+    for m in alive:
+        backend._remember(backend._loss_facts, m, {})
+    assert len(backend._loss_facts) >= 200
+    del alive, m
+    backend._remember(backend._loss_facts, nn.MSELoss(), {})
+    assert len(backend._loss_facts) == 1
+
+
 def test_gan_with_two_optimizers():
     def train(probed):
         torch.manual_seed(0)
