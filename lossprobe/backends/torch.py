@@ -57,6 +57,7 @@ _FROM_LOGITS = {"cross_entropy": True, "bce_logits": True, "nll": False, "bce": 
 # The graph walk that looks for unregistered tensors stops after this many autograd nodes.
 FOREIGN_WALK_NODES = 20_000
 LOSS_INPUT_NODES = 16   # autograd nodes walked back (nearest first) from a loss's input to this model's output
+UNWATCHED_WALK_NODES = 64   # the same from a backward's start, on a step whose output carries no hook
 
 
 def _tensors_in(obj, depth: int = 0) -> list:
@@ -511,12 +512,14 @@ class TorchBackend(EagerCapture):
         return False
 
     def _reached_unwatched(self, loss) -> bool:
-        """A backward from another tensor than the module loss (the loop changed its pattern):
-        the graph says whether it reached the output."""
+        """A backward from another tensor than the module loss (the loop changed its pattern:
+        a scaled or summed loss, a functional one): the graph near its start says whether it
+        reached the output. The walk is short (UNWATCHED_WALK_NODES): it also runs for other
+        models' backward passes while this model's step is open."""
         if super()._reached_unwatched(loss):
             return True
         node = getattr(loss, "grad_fn", None)
-        return node is not None and self._reaches_output(node, FOREIGN_WALK_NODES)
+        return node is not None and self._reaches_output(node, UNWATCHED_WALK_NODES)
 
     def _is_our_output(self, t) -> bool:
         """Is ``t`` this model's last output, or a view of it (``out.view(-1)``, ``out[:, 0]``)?"""
