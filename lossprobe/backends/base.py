@@ -42,17 +42,13 @@ class CaptureGuard:
         try:
             return fn(*args)
         except Exception as exc:
-            return self._failed(part, exc)
-
-    def _failed(self, part: str, exc: Exception) -> None:
-        """``part`` raised ``exc``: switched off and reported once (see :meth:`_safe`)."""
-        from ..probe import TrainingHealthError
-        if isinstance(exc, TrainingHealthError):
-            raise exc
-        self._disabled.add(part)
-        self._warn(part, f"{part} capture failed ({type(exc).__name__}: {exc}); switched off, "
-                         "training continues")
-        return None
+            from ..probe import TrainingHealthError
+            if isinstance(exc, TrainingHealthError):
+                raise
+            self._disabled.add(part)
+            self._warn(part, f"{part} capture failed ({type(exc).__name__}: {exc}); switched off, "
+                             "training continues")
+            return None
 
     def finish(self) -> None:
         """At detach, before the last flush: close a step that is still open (none by default)."""

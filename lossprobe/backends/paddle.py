@@ -242,8 +242,9 @@ class PaddleBackend(EagerCapture):
         self._handles: list[Any] = []
         self._producer_hooks: list[Any] = []
         self._linked: Any = None       # the paddle.Model whose train_batch is wrapped
-        self._shapes_checked: "weakref.WeakSet[Any]" = weakref.WeakSet()   # loss layers looked at
-        self._loss_layers: dict[int, tuple] = {}   # loss layers whose facts are known (_known)
+        # loss layers looked at (their shapes), and those whose facts are known: _known/_remember
+        self._shapes_checked: dict[int, tuple] = {}
+        self._loss_layers: dict[int, tuple] = {}
         self._hooked_loss: Any = None  # the loss callable whose calls are captured
         self._opt_depth = 0
         self._opt_wrapped: Any = None  # optimizer whose step/minimize is wrapped: exact grads read there
@@ -506,7 +507,7 @@ class PaddleBackend(EagerCapture):
         return hook
 
     def _loss_layer_hook(self, layer, inputs, output):
-        if layer not in self._shapes_checked and len(inputs) >= 2 and self._training():
+        if len(inputs) >= 2 and not self._known(self._shapes_checked, layer) and self._training():
             self._safe("facts", self._check_broadcast, layer, inputs)
         self._safe("loss", self._capture_loss, inputs, output, layer)
         return None
@@ -516,7 +517,7 @@ class PaddleBackend(EagerCapture):
         at once per loss layer."""
         x, y = inputs[0], inputs[1]
         if isinstance(x, paddle.Tensor) and isinstance(y, paddle.Tensor):
-            self._shapes_checked.add(layer)
+            self._remember(self._shapes_checked, layer)
             note = broadcast_note(_loss_facts(layer)["loss_kind"], x.shape, y.shape)
             if note:
                 self.facts.learn(loss_broadcast=note)

@@ -125,13 +125,14 @@ def _remember_unscaled(scale):
 
 class _Hooks:
     """The process-wide hooks every attached torch probe shares; installed with the first
-    probe, removed with the last. Roles by module identity: "root" (the probed model),
-    "act" (a watched activation, with its index), "module" (any module of a probed net)."""
+    probe, removed with the last. By module identity: ``roots`` (the probed models) and
+    ``roles``: "act" (a watched activation, with its index), "module" (any module of a
+    probed net)."""
 
     def __init__(self):
         self.backends: list[TorchBackend] = []
+        self.roots: dict[int, list[TorchBackend]] = {}   # id(model) -> its probes
         self.roles: dict[int, list[tuple[TorchBackend, str, Any]]] = {}
-        self.roots: dict[int, list[TorchBackend]] = {}   # id(model) -> its probes (forward pre-hook)
         self.handles: list[Any] = []
         self.original_backward = None
         self.installed_backward = None
@@ -150,7 +151,6 @@ class _Hooks:
             self.original_scale = GradScaler.scale
             self.installed_scale = GradScaler.scale = _remember_unscaled(GradScaler.scale)
         self.backends.append(b)
-        self.roles.setdefault(id(b.model), []).append((b, "root", None))
         self.roots.setdefault(id(b.model), []).append(b)
         for j, m in enumerate(b.act_modules):
             self.roles.setdefault(id(m), []).append((b, "act", j))
@@ -162,14 +162,11 @@ class _Hooks:
         if b not in self.backends:
             return
         self.backends.remove(b)
-        for key in list(self.roles):
-            self.roles[key] = [r for r in self.roles[key] if r[0] is not b]
-            if not self.roles[key]:
-                del self.roles[key]
-        for key in list(self.roots):
-            self.roots[key] = [r for r in self.roots[key] if r is not b]
-            if not self.roots[key]:
-                del self.roots[key]
+        for table, mine in ((self.roots, lambda r: r is b), (self.roles, lambda r: r[0] is b)):
+            for key in list(table):
+                table[key] = [r for r in table[key] if not mine(r)]
+                if not table[key]:
+                    del table[key]
         if not self.backends:
             for h in self.handles:
                 h.remove()
@@ -190,11 +187,12 @@ class _Hooks:
         return None
 
     def post(self, module, args, kwargs, output):
+        roots = self.roots.get(id(module))
+        if roots is not None and not torch.compiler.is_compiling():
+            for b in roots:
+                b._guarded("outputs", b._root_post, args, kwargs, output)
         for b, role, arg in self.roles.get(id(module), ()):
-            if role == "root":
-                if not torch.compiler.is_compiling():
-                    b._guarded("outputs", b._root_post, args, kwargs, output)
-            elif b._cur is None or not b._cur.sampled:
+            if b._cur is None or not b._cur.sampled:
                 continue   # activations and producers are read on sampled steps only
             elif torch.compiler.is_compiling():
                 return None
@@ -324,14 +322,10 @@ class TorchBackend(EagerCapture):
             self._close_step()
 
     def _guarded(self, part: str, fn, *args):
-        """A hook body: never raises into training (as ``_safe``, one frame less on the
-        per-step path), but a TrainingHealthError."""
-        if self.channel is None or part in self._disabled:
+        """A hook body: never raises into training (``_safe``), but a TrainingHealthError."""
+        if self.channel is None:
             return None
-        try:
-            return fn(*args)
-        except Exception as exc:
-            return self._failed(part, exc)
+        return self._safe(part, fn, *args)
 
     def _bind_optimizer(self, opt) -> None:
         self.optimizer = opt

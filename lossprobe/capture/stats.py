@@ -32,7 +32,6 @@ def nonfinite_flag(values):
     return (~np.isfinite(values)).astype(float)
 
 
-
 def input_stats(ops, x):
     """[|x| max, mean, std] of a float input batch (sampled steps)."""
     xf = ops.flat(ops.f32(x))
