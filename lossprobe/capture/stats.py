@@ -35,7 +35,8 @@ def nonfinite_flag(values):
 def input_stats(ops, x):
     """[|x| max, mean, std] of a float input batch (sampled steps)."""
     xf = ops.flat(ops.f32(x))
-    return ops.stack([ops.amax(ops.abs(xf)), ops.mean(xf), ops.std(xf)])
+    mean, std = ops.mean_std(xf)
+    return ops.stack([ops.abs_max(xf), mean, std])
 
 
 def output_stats(ops, y):
@@ -58,8 +59,8 @@ def output_stats(ops, y):
         prob = ops.frac((low >= 0) & (first <= 1) & (ops.abs(ops.sum(rows, -1) - 1) < PROB_TOLERANCE))
     else:
         sat = under = prob = ops.nan(flat)
-    return ops.stack([ops.amax(ops.abs(flat)), ops.std(flat), ops.mean(flat), sat, under, prob,
-                      ops.count_nonfinite(flat)])
+    mean, std = ops.mean_std(flat)
+    return ops.stack([ops.abs_max(flat), std, mean, sat, under, prob, ops.count_nonfinite(flat)])
 
 
 def target_stats(ops, y, classes: int, one_hot: bool, as_index: bool):
@@ -78,7 +79,9 @@ def target_stats(ops, y, classes: int, one_hot: bool, as_index: bool):
         distinct = ops.distinct(ops.to_index(yf, classes), classes)
     else:
         distinct = ops.nan(yf)
-    return ops.stack([ops.amin(yf), ops.amax(yf), ops.mean(yf), ops.std(yf), distinct,
+    low, high = ops.min_max(yf)
+    mean, std = ops.mean_std(yf)
+    return ops.stack([low, high, mean, std, distinct,
                       ops.full(1.0 if is_index else 0.0, yf), ops.frac(yf != ops.floor(yf))])
 
 
