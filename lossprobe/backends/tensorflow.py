@@ -928,8 +928,9 @@ class KerasBackend(CaptureGuard):
         extra = [tf.reshape(tf.cast(v, tf.float64), []) if isinstance(v, (tf.Tensor, tf.Variable))
                  else tf.constant(float(v), tf.float64) for _, v in vals]
         extra_t = tf.stack(extra) if extra else tf.zeros([0], tf.float64)
-        if self._pack_fn is None:   # one graph call, where eager casts, reshapes and a concat took ~1 ms
-            self._pack_fn = tf.function(self._pack, reduce_retracing=True)
+        if self._pack_fn is None:   # one graph call, where eager casts, reshapes and a concat took ~1 ms;
+            # one trace for any number of validation values (a shape per count retraced, and warned)
+            self._pack_fn = tf.function(self._pack, input_signature=[tf.TensorSpec([None], tf.float64)])
         host = self._pack_fn(extra_t).numpy()   # the single device->host copy of this flush
         self.n_host_reads += 1
         rk = self.R * self.K * len(self.replicas.copies(self.buf))

@@ -223,6 +223,23 @@ def test_fit_captures_every_statistic_with_one_read_per_flush():
     assert list(probe.layout.kinds) == ["relu", "relu"]
 
 
+def test_the_flush_read_is_traced_once_whatever_the_validation_count():
+    """Flushes carry 0, 1 or several validation losses: the packing graph takes them as one
+    vector of any length (a retrace per count cost a trace and a TensorFlow warning each)."""
+    model = mlp()
+    model.compile(optimizer=make_opt("adam", 1e-3), loss=CE)
+    probe = lossprobe.attach(model, config=lossprobe.Config(flush_every=5), sinks=[])
+    model.fit(X_TR, Y_TR, batch_size=64, epochs=3, verbose=0, validation_data=(X_VA, Y_VA))
+    for n in (2, 3):   # a flush with several validation values
+        for _ in range(n):
+            probe.observe(val_loss=tf.constant(1.0))
+        probe.flush()
+    traces = probe._backend._pack_fn.experimental_get_tracing_count()
+    probe.detach()
+    assert traces == 1
+    assert len(probe.history.val_sketch()[1]) >= 3 + 5
+
+
 def test_fit_with_jit_compile():
     probe = fit_run(mlp(bias=-5.0), epochs=4, jit=True)     # the step is compiled by XLA, probe ops included
     assert "dead_relu" in codes(probe)
