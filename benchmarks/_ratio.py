@@ -19,9 +19,39 @@ own bias and spread, and every benchmark prints it.
 """
 from __future__ import annotations
 
+import os
 import statistics
+import sys
 from dataclasses import dataclass
 from typing import Callable
+
+# glibc hands freed heap memory back to the OS and maps it again when a later step needs it (a
+# page fault per 4 KB); when it does depends on the order of every allocation in the process.
+# Two identical copies of the benchmark CNN ran 17 or 28 ms a step here, with or without a
+# probe attached, and the pair's ratio swung between 0.85 and 1.05 with it. Fixed thresholds
+# (what PyTorch's CPU performance guide sets, or jemalloc/tcmalloc give) keep the heap mapped,
+# so the ratios measure the work done, not the allocator's timing.
+FIXED_MALLOC = {"MALLOC_TRIM_THRESHOLD_": "2147483647", "MALLOC_MMAP_THRESHOLD_": "33554432",
+                "MALLOC_TOP_PAD_": "268435456"}
+GLIBC_DEFAULT_FLAG = "--glibc-default"
+
+
+def fixed_malloc() -> None:
+    """Re-run this script with :data:`FIXED_MALLOC` in its environment (glibc reads it at
+    start), unless it is already there or ``--glibc-default`` asks for the allocator as is.
+    Child processes (the Keras and Paddle benchmarks) inherit it."""
+    if not sys.platform.startswith("linux") or GLIBC_DEFAULT_FLAG in sys.argv:
+        return
+    if all(os.environ.get(k) == v for k, v in FIXED_MALLOC.items()):
+        return
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **FIXED_MALLOC})
+
+
+def malloc_note() -> str:
+    """One line saying how the heap was set for this run."""
+    fixed = all(os.environ.get(k) == v for k, v in FIXED_MALLOC.items())
+    return ("heap: glibc with fixed trim/mmap thresholds (benchmarks/_ratio.py)" if fixed
+            else "heap: glibc defaults (trim and mmap timing in the figures)")
 
 
 def alternate(run_chunk: Callable[[int], float], rounds: int, warm: int = 2) -> tuple[float, float]:

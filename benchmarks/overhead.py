@@ -40,7 +40,7 @@ from typing import Callable
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _ratio import Paired, alternate  # noqa: E402
+from _ratio import GLIBC_DEFAULT_FLAG, Paired, alternate, fixed_malloc, malloc_note  # noqa: E402
 
 
 # ---------------------------------------------------------------------- torch
@@ -244,7 +244,7 @@ def bench_subprocess(framework: str, args) -> dict[str, dict]:
         print(f"\n[{framework}] skipped: {script.name} not present")
         return {}
     out = subprocess.run([sys.executable, str(script), "--blocks", str(args.blocks), "--rounds", str(args.rounds),
-                          "--chunk", str(args.chunk)],
+                          "--chunk", str(args.chunk)] + ([GLIBC_DEFAULT_FLAG] if args.glibc_default else []),
                          capture_output=True, text=True)
     print(out.stdout, end="")
     if out.returncode != 0:
@@ -266,7 +266,11 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-wandb", action="store_true",
                     help="leave out wandb.watch: its background service process competes for the cores")
+    ap.add_argument(GLIBC_DEFAULT_FLAG, action="store_true",
+                    help="keep glibc's heap trimming (see benchmarks/_ratio.py): noisier, closer to a default process")
     args = ap.parse_args()
+    fixed_malloc()
+    print(f"# {malloc_note()}")
     if args.quick:
         args.blocks, args.rounds = 3, 2
     os.environ.setdefault("WANDB_SILENT", "true")

@@ -48,7 +48,7 @@ import keras  # noqa: E402
 
 import lossprobe  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _ratio import Paired, alternate  # noqa: E402
+from _ratio import GLIBC_DEFAULT_FLAG, Paired, alternate, fixed_malloc, malloc_note  # noqa: E402
 
 BATCH = 128
 
@@ -124,7 +124,10 @@ def main() -> int:
     ap.add_argument("--chunk", type=int, default=20, help="timed batches per fit")
     ap.add_argument("--warmup", type=int, default=2, help="untimed batches at the start of each fit")
     ap.add_argument("--no-jit", action="store_true", help="skip the jit_compile=True pair")
+    ap.add_argument(GLIBC_DEFAULT_FLAG, action="store_true", help="keep glibc's heap trimming (benchmarks/_ratio.py)")
     args = ap.parse_args()
+    fixed_malloc()
+    print(f"# {malloc_note()}")
 
     rng = np.random.default_rng(0)
     n = (args.warmup + args.chunk) * BATCH

@@ -46,7 +46,7 @@ from paddle import nn  # noqa: E402
 
 import lossprobe  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _ratio import Paired, alternate  # noqa: E402
+from _ratio import GLIBC_DEFAULT_FLAG, Paired, alternate, fixed_malloc, malloc_note  # noqa: E402
 
 BATCH = 128
 
@@ -106,7 +106,10 @@ def main() -> int:
     ap.add_argument("--blocks", type=int, default=7)
     ap.add_argument("--rounds", type=int, default=4, help="timed chunks per copy in a block")
     ap.add_argument("--chunk", type=int, default=20, help="steps per chunk (the probe's flush_every)")
+    ap.add_argument(GLIBC_DEFAULT_FLAG, action="store_true", help="keep glibc's heap trimming (benchmarks/_ratio.py)")
     args = ap.parse_args()
+    fixed_malloc()
+    print(f"# {malloc_note()}")
     paddle.set_device("cpu")
     set_one_thread()
 

@@ -20,6 +20,7 @@ import statistics
 import torch
 
 import lossprobe
+from _ratio import GLIBC_DEFAULT_FLAG, fixed_malloc, malloc_note
 from overhead import torch_models, torch_pair   # run from anywhere: python benchmarks/overhead_parts.py
 
 C = lossprobe.Config
@@ -55,7 +56,10 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=7)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--chunk", type=int, default=20)
+    ap.add_argument(GLIBC_DEFAULT_FLAG, action="store_true", help="keep glibc's heap trimming (benchmarks/_ratio.py)")
     args = ap.parse_args()
+    fixed_malloc()
+    print(f"# {malloc_note()}")
     torch.set_num_threads(1)
     make, x, y = torch_models("cpu")["mlp"]   # overhead.py's MLP and batch
     names = list(CONFIGS)
