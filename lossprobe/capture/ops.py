@@ -95,10 +95,6 @@ class Ops:
         """Population standard deviation (0 for one element)."""
         return self.sqrt(self.mean((t - self.mean(t)) ** 2))
 
-    def abs_max(self, t):
-        """max |t| over every element (NaN when one is NaN)."""
-        return self.amax(self.abs(t))
-
     def mean_std(self, t):
         """(mean, population std) of every element (a framework that can share the mean says so)."""
         return self.mean(t), self.std(t)

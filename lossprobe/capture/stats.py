@@ -36,7 +36,7 @@ def input_stats(ops, x):
     """[|x| max, mean, std] of a float input batch (sampled steps)."""
     xf = ops.flat(ops.f32(x))
     mean, std = ops.mean_std(xf)
-    return ops.stack([ops.abs_max(xf), mean, std])
+    return ops.stack([ops.amax(ops.abs(xf)), mean, std])
 
 
 def output_stats(ops, y):
@@ -60,7 +60,7 @@ def output_stats(ops, y):
     else:
         sat = under = prob = ops.nan(flat)
     mean, std = ops.mean_std(flat)
-    return ops.stack([ops.abs_max(flat), std, mean, sat, under, prob, ops.count_nonfinite(flat)])
+    return ops.stack([ops.amax(ops.abs(flat)), std, mean, sat, under, prob, ops.count_nonfinite(flat)])
 
 
 def target_stats(ops, y, classes: int, one_hot: bool, as_index: bool):
