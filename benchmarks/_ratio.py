@@ -29,8 +29,8 @@ from typing import Callable
 # page fault per 4 KB); when it does depends on the order of every allocation in the process.
 # Two identical copies of the benchmark CNN ran 17 or 28 ms a step here, with or without a
 # probe attached, and the pair's ratio swung between 0.85 and 1.05 with it. Fixed thresholds
-# (what PyTorch's CPU performance guide sets, or jemalloc/tcmalloc give) keep the heap mapped,
-# so the ratios measure the work done, not the allocator's timing.
+# keep the heap mapped (much as jemalloc or tcmalloc do), so the ratios measure the work done,
+# not the allocator's timing.
 FIXED_MALLOC = {"MALLOC_TRIM_THRESHOLD_": "2147483647", "MALLOC_MMAP_THRESHOLD_": "33554432",
                 "MALLOC_TOP_PAD_": "268435456"}
 GLIBC_DEFAULT_FLAG = "--glibc-default"
