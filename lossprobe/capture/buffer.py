@@ -170,12 +170,12 @@ def _global_norm(measured: np.ndarray) -> float:
 def decode_grads(rec: StepRecord, g: np.ndarray) -> None:
     """The gradient fields of ``rec`` from per-parameter norms with the MISSING/UNMEASURED
     sentinels (``g`` becomes ``rec.param_grad_norms``, sentinels turned to nan): the masks
-    and the global gradient norm over the measured parameters."""
+    and the global gradient norm over the measured parameters (:func:`grad_blocks` of one row)."""
+    block = grad_blocks(g[None, :])   # row 0 is a view of g: its sentinels become nan in g
     rec.param_grad_norms = g
-    rec.param_grad_missing = g == MISSING
-    rec.param_grad_unmeasured = g == UNMEASURED
-    g[g < 0] = np.nan
-    rec.grad_norm = _global_norm(g[~rec.param_grad_missing & ~rec.param_grad_unmeasured])
+    rec.param_grad_missing = block["param_grad_missing"][0]
+    rec.param_grad_unmeasured = block["param_grad_unmeasured"][0]
+    rec.grad_norm = block["grad_norm"][0]
 
 
 def grad_sentinels(rec: StepRecord) -> np.ndarray:
