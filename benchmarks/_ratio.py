@@ -9,16 +9,20 @@ from block to block, so neither copy's memory layout (worth a few % on its own) 
 the probed one. A ratio is taken within each block (configured time / twin's time) and the
 blocks' ratios are summarised by their median and interquartile range: the spread says how
 far a figure can be trusted on this machine, and a target like 1.03 is only met when the
-range says so. The same procedure with nothing attached (an "A/A" pair) shows the method's
+range says so. Beside the IQR (how far one block strays) each figure carries a ~95% confidence
+interval of the median itself (:func:`median_ci`: from the order statistics, no assumption on
+the noise's shape), which narrows as blocks are added: whether a median sits below a target
+is told by that interval, and more blocks (``--blocks``) narrow it. The same procedure with nothing attached (an "A/A" pair) shows the method's
 own bias and spread, and every benchmark prints it.
 
     from _ratio import Paired, alternate
     base_s, conf_s = alternate(run_chunk, rounds=4)   # run_chunk(0 or 1) -> seconds of one chunk
     r = Paired.of(times["lossprobe-default"], times["plain"])
-    print(r)              # "1.042 (IQR 1.031-1.055, 7 blocks)"
+    print(r)              # "1.042 (IQR 1.031-1.055; median 95% CI 1.025-1.061, 7 blocks)"
 """
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import sys
@@ -71,12 +75,28 @@ def alternate(run_chunk: Callable[[int], float], rounds: int, warm: int = 2) -> 
     return spent[0], spent[1]
 
 
+def median_ci(n: int, confidence: float = 0.95) -> tuple[int, int, float]:
+    """A distribution-free confidence interval of the median of ``n`` independent values:
+    ``(j, k, coverage)`` with the interval from the ``j``-th to the ``k``-th smallest value
+    (0-based). It is the widest pair of symmetric order statistics whose outside tails, each a
+    Binomial(n, 1/2) tail, still leave at least ``confidence`` (or the whole range, with the
+    coverage it has, when ``n`` is too small for that)."""
+    # [x_j, x_(n-1-j)] misses the median when at most j values fall below it (or above it)
+    cover = lambda j: 1 - 2 * sum(math.comb(n, i) for i in range(j + 1)) / 2 ** n
+    j = 0
+    while j + 1 <= (n - 1) // 2 and cover(j + 1) >= confidence:
+        j += 1
+    return j, n - 1 - j, cover(j)
+
+
 @dataclass(frozen=True)
 class Paired:
     median: float
     q1: float
     q3: float
     blocks: int
+    lo: float = math.nan   # ~95% confidence interval of the median (median_ci)
+    hi: float = math.nan
 
     @classmethod
     def of(cls, times: list[float], base: list[float]) -> "Paired":
@@ -87,12 +107,21 @@ class Paired:
     def from_ratios(cls, ratios: list[float]) -> "Paired":
         ratios = sorted(ratios)
         if len(ratios) == 1:
-            return cls(ratios[0], ratios[0], ratios[0], 1)
+            return cls(ratios[0], ratios[0], ratios[0], 1, ratios[0], ratios[0])
         q = statistics.quantiles(ratios, n=4, method="inclusive")
-        return cls(statistics.median(ratios), q[0], q[2], len(ratios))
+        j, k, _ = median_ci(len(ratios))
+        return cls(statistics.median(ratios), q[0], q[2], len(ratios), ratios[j], ratios[k])
 
     def __str__(self) -> str:
-        return f"{self.median:.3f} (IQR {self.q1:.3f}-{self.q3:.3f}, {self.blocks} blocks)"
+        coverage = median_ci(self.blocks)[2]
+        return (f"{self.median:.3f} (IQR {self.q1:.3f}-{self.q3:.3f}; median {coverage:.0%} CI "
+                f"{self.lo:.3f}-{self.hi:.3f}, {self.blocks} blocks)")
+
+    def verdict(self, target: float) -> str:
+        """Is the median at most ``target``? "met" / "not met" when the median's confidence
+        interval lies wholly on one side, "undecided" when it straddles the target."""
+        return "met" if self.hi <= target else "not met" if self.lo > target else "undecided"
 
     def as_dict(self) -> dict:
-        return {"ratio": self.median, "q1": self.q1, "q3": self.q3, "blocks": self.blocks}
+        return {"ratio": self.median, "q1": self.q1, "q3": self.q3, "blocks": self.blocks,
+                "lo": self.lo, "hi": self.hi}

@@ -14,11 +14,14 @@ range (``_ratio.Paired``). Two calibration lines come with every model:
   it too, so a probed ratio understates the probe's cost by about that much.
 
 Printed at the end, one line per configuration:
-``name ratio=R iqr=Q1-Q3`` (step time / the un-probed twin's step time in the same block).
+``name ratio=R iqr=Q1-Q3 ci=LO-HI`` (step time / the un-probed twin's step time in the same
+block; ``ci``: the median's ~95% confidence interval, ``_ratio.median_ci``), then whether each
+target of the issue is met: "met" or "not met" only when that interval lies on one side of it.
 
     python benchmarks/overhead.py                 # PyTorch MLP + CNN (+ Keras, Paddle if installed)
     python benchmarks/overhead.py --quick         # fewer blocks
     python benchmarks/overhead.py --frameworks torch
+    python benchmarks/overhead.py --frameworks torch --configs lossprobe-default --blocks 40   # a narrow CI
     python benchmarks/overhead.py --device cuda   # on a GPU, with set_sync_debug_mode("error")
 """
 from __future__ import annotations
@@ -180,6 +183,9 @@ def bench_torch(args, watch: bool, earlier: dict | None = None) -> dict[str, dic
         watch_phase = watch
         make, x, y = models[mname]
         configs = torch_configs(sync_debug=cuda, with_wandb=watch_phase)
+        if args.configs:   # the A/A pair always runs beside the chosen ones
+            keep = {"plain", *args.configs.split(","), *(["wandb.watch-all"] if watch_phase else [])}
+            configs = {c: v for c, v in configs.items() if c in keep}
         if watch_phase:
             if "wandb.watch-all" not in configs:
                 continue
@@ -234,7 +240,7 @@ def bench_history_memory() -> dict[str, dict]:
             sizes[step + 1] = h.nbytes()
     print(f"\n[history memory] after 1k steps: {sizes[1000]} B, after 100k steps: {sizes[100000]} B")
     grow = sizes[100000] / sizes[1000]
-    return {"history-bytes-100k-over-1k": {"ratio": grow, "q1": grow, "q3": grow, "blocks": 1}}
+    return {"history-bytes-100k-over-1k": {"ratio": grow, "q1": grow, "q3": grow, "blocks": 1, "lo": grow, "hi": grow}}
 
 
 def bench_subprocess(framework: str, args) -> dict[str, dict]:
@@ -264,6 +270,8 @@ def main() -> int:
     ap.add_argument("--verbose", action="store_true", help="print every block's ratio")
     ap.add_argument("--frameworks", default="torch,keras,paddle")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--configs", default="", help="torch configurations to run, comma-separated "
+                    "(e.g. lossprobe-default; the A/A pair always runs): more blocks in the same time")
     ap.add_argument("--no-wandb", action="store_true",
                     help="leave out wandb.watch: its background service process competes for the cores")
     ap.add_argument(GLIBC_DEFAULT_FLAG, action="store_true",
@@ -285,10 +293,22 @@ def main() -> int:
             results.update(bench_subprocess(fw, args))
     if "torch" in fws and not args.no_wandb:
         results.update(bench_torch(args, watch=True, earlier=results))
-    print("\n# ratios (step time / un-probed step time in the same block; median, interquartile range)")
+    print("\n# ratios (step time / un-probed step time in the same block; median, interquartile range, "
+          "the median's ~95% confidence interval)")
     for name, r in results.items():
-        print(f"{name} ratio={r['ratio']:.3f} iqr={r['q1']:.3f}-{r['q3']:.3f}")
+        print(f"{name} ratio={r['ratio']:.3f} iqr={r['q1']:.3f}-{r['q3']:.3f} ci={r['lo']:.3f}-{r['hi']:.3f}")
+    print("\n# targets (issue 15): met / not met when the median's confidence interval is on one side")
+    for name, target in TARGETS.items():
+        if name in results:
+            r = results[name]
+            p = Paired(r["ratio"], r["q1"], r["q3"], r["blocks"], r["lo"], r["hi"])
+            print(f"{name} <= {target}: {p.verdict(target)} (median {p.median:.3f}, CI {p.lo:.3f}-{p.hi:.3f})")
     return 0
+
+
+# what the defaults should cost (issue 15): step time over the un-probed twin's
+TARGETS = {"torch-mlp-lossprobe-default": 1.03, "torch-cnn-lossprobe-default": 1.03,
+           "keras-fit-lossprobe-default": 1.05, "paddle-loop-lossprobe-default": 1.05}
 
 
 if __name__ == "__main__":
