@@ -6,24 +6,26 @@ two copies of the model (same seed, same data) train in alternating chunks of st
 neighbour, which on this 2-core machine moves the plain step time by 20% within seconds --
 hits both alike. Each block builds a fresh pair, and which copy carries the probe alternates
 from block to block, so neither copy's memory layout (worth a few % on its own) is always
-the probed one. A ratio is taken within each block (configured time / twin's time) and the
-blocks' ratios are summarised by their median and interquartile range: the spread says how
-far a figure can be trusted on this machine, and a target like 1.03 is only met when the
-range says so. Beside the IQR (how far one block strays) each figure carries a ~95% confidence
-interval of the median itself (:func:`median_ci`: from the order statistics, no assumption on
-the noise's shape), which narrows as blocks are added: whether a median sits below a target
-is told by that interval, and more blocks (``--blocks``) narrow it. The same procedure with nothing attached (an "A/A" pair) shows the method's
-own bias and spread, and every benchmark prints it.
+the probed one.
+
+A ratio is taken for every pair of adjacent chunks (configured chunk / the twin's chunk just
+before it): a burst of slowness that hits one chunk spoils one pair, not a block's sum, and the
+median over all pairs passes it by. Each figure is that median with the pairs' interquartile
+range (how far one pair strays) and a ~95% confidence interval of the median from a block
+bootstrap (:meth:`Paired.from_blocks`: whole blocks resampled, since the pairs of one block share
+its two model copies). Whether a median sits below a target is told by that interval, and more
+blocks (``--blocks``) narrow it. The same procedure with nothing attached (an "A/A" pair) shows
+the method's own bias and spread, and every benchmark prints it.
 
     from _ratio import Paired, alternate
-    base_s, conf_s = alternate(run_chunk, rounds=4)   # run_chunk(0 or 1) -> seconds of one chunk
-    r = Paired.of(times["lossprobe-default"], times["plain"])
-    print(r)              # "1.042 (IQR 1.031-1.055; median 95% CI 1.025-1.061, 7 blocks)"
+    pairs = alternate(run_chunk, rounds=4)   # run_chunk(0 or 1) -> seconds: [(twin_s, configured_s), ...]
+    r = Paired.from_pairs([pairs_of_block_1, pairs_of_block_2, ...])
+    print(r)              # "1.042 (IQR 1.031-1.055; median 95% CI 1.035-1.050, 28 pairs in 7 blocks)"
 """
 from __future__ import annotations
 
-import math
 import os
+import random
 import statistics
 import sys
 from dataclasses import dataclass
@@ -58,9 +60,9 @@ def malloc_note() -> str:
             else "heap: glibc defaults (trim and mmap timing in the figures)")
 
 
-def alternate(run_chunk: Callable[[int], float], rounds: int, warm: int = 2) -> tuple[float, float]:
-    """Seconds spent by copy 0 (the twin) and copy 1 (the configured one) over ``rounds``
-    chunks each, after ``warm`` untimed chunks each: 0 1 0 1 ..., so every timed chunk
+def alternate(run_chunk: Callable[[int], float], rounds: int, warm: int = 2) -> list[tuple[float, float]]:
+    """Seconds spent by copy 0 (the twin) and copy 1 (the configured one), a pair of adjacent
+    chunks per round, after ``warm`` untimed chunks each: 0 1 0 1 ..., so every timed chunk
     starts right after a chunk of the other copy and finds the caches the same way. (An order
     that lets a copy follow itself favours whichever copy does so more often: 0 1 1 0 0 1 1 0
     after a warm-up ending in 1 gave the two-conv CNN an A/A ratio of 0.94.)
@@ -68,60 +70,61 @@ def alternate(run_chunk: Callable[[int], float], rounds: int, warm: int = 2) -> 
     for _ in range(warm):
         run_chunk(0)
         run_chunk(1)
-    spent = [0.0, 0.0]
-    for _ in range(rounds):
-        for i in (0, 1):
-            spent[i] += run_chunk(i)
-    return spent[0], spent[1]
+    return [(run_chunk(0), run_chunk(1)) for _ in range(rounds)]
 
 
-def median_ci(n: int, confidence: float = 0.95) -> tuple[int, int, float]:
-    """A distribution-free confidence interval of the median of ``n`` independent values:
-    ``(j, k, coverage)`` with the interval from the ``j``-th to the ``k``-th smallest value
-    (0-based). It is the widest pair of symmetric order statistics whose outside tails, each a
-    Binomial(n, 1/2) tail, still leave at least ``confidence`` (or the whole range, with the
-    coverage it has, when ``n`` is too small for that)."""
-    # [x_j, x_(n-1-j)] misses the median when at most j values fall below it (or above it)
-    cover = lambda j: 1 - 2 * sum(math.comb(n, i) for i in range(j + 1)) / 2 ** n
-    j = 0
-    while j + 1 <= (n - 1) // 2 and cover(j + 1) >= confidence:
-        j += 1
-    return j, n - 1 - j, cover(j)
+BOOTSTRAP = 2000   # resamples for a confidence interval (seeded: a run's figures are reproducible)
+MIN_BLOCKS = 5     # fewer blocks than this: the interval is printed but decides nothing
 
 
 @dataclass(frozen=True)
 class Paired:
+    """A median ratio over chunk pairs, their IQR, and the median's ~95% confidence interval."""
     median: float
     q1: float
     q3: float
+    pairs: int
     blocks: int
-    lo: float = math.nan   # ~95% confidence interval of the median (median_ci)
-    hi: float = math.nan
+    lo: float
+    hi: float
 
     @classmethod
-    def of(cls, times: list[float], base: list[float]) -> "Paired":
-        """Ratios block by block (``times[i] / base[i]``): median and quartiles."""
-        return cls.from_ratios([t / b for t, b in zip(times, base) if b > 0])
-
-    @classmethod
-    def from_ratios(cls, ratios: list[float]) -> "Paired":
-        ratios = sorted(ratios)
+    def from_blocks(cls, blocks: list[list[float]], resamples: int = BOOTSTRAP) -> "Paired":
+        """``blocks``: each block's pair ratios. The interval is the 2.5th-97.5th percentile of
+        the median over ``resamples`` resamples of whole blocks (a cluster bootstrap)."""
+        blocks = [list(b) for b in blocks if b]
+        ratios = sorted(r for b in blocks for r in b)
         if len(ratios) == 1:
-            return cls(ratios[0], ratios[0], ratios[0], 1, ratios[0], ratios[0])
+            return cls(ratios[0], ratios[0], ratios[0], 1, 1, ratios[0], ratios[0])
         q = statistics.quantiles(ratios, n=4, method="inclusive")
-        j, k, _ = median_ci(len(ratios))
-        return cls(statistics.median(ratios), q[0], q[2], len(ratios), ratios[j], ratios[k])
+        rng = random.Random(0)
+        medians = sorted(statistics.median([r for b in rng.choices(blocks, k=len(blocks)) for r in b])
+                         for _ in range(resamples))
+        lo, hi = medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+        return cls(statistics.median(ratios), q[0], q[2], len(ratios), len(blocks), lo, hi)
+
+    @classmethod
+    def from_pairs(cls, blocks: list[list[tuple[float, float]]]) -> "Paired":
+        """From each block's ``(twin seconds, configured seconds)`` chunk pairs."""
+        return cls.from_blocks([[c / t for t, c in b if t > 0] for b in blocks])
 
     def __str__(self) -> str:
-        coverage = median_ci(self.blocks)[2]
-        return (f"{self.median:.3f} (IQR {self.q1:.3f}-{self.q3:.3f}; median {coverage:.0%} CI "
-                f"{self.lo:.3f}-{self.hi:.3f}, {self.blocks} blocks)")
+        rough = "" if self.blocks >= MIN_BLOCKS else ", too few blocks for an interval"
+        return (f"{self.median:.3f} (IQR {self.q1:.3f}-{self.q3:.3f}; median 95% CI "
+                f"{self.lo:.3f}-{self.hi:.3f}, {self.pairs} pairs in {self.blocks} blocks{rough})")
 
     def verdict(self, target: float) -> str:
         """Is the median at most ``target``? "met" / "not met" when the median's confidence
-        interval lies wholly on one side, "undecided" when it straddles the target."""
+        interval lies wholly on one side, "undecided" when it straddles the target or the
+        blocks are too few to tell."""
+        if self.blocks < MIN_BLOCKS:
+            return "undecided"
         return "met" if self.hi <= target else "not met" if self.lo > target else "undecided"
 
     def as_dict(self) -> dict:
-        return {"ratio": self.median, "q1": self.q1, "q3": self.q3, "blocks": self.blocks,
-                "lo": self.lo, "hi": self.hi}
+        return {"ratio": self.median, "q1": self.q1, "q3": self.q3, "pairs": self.pairs,
+                "blocks": self.blocks, "lo": self.lo, "hi": self.hi}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Paired":
+        return cls(d["ratio"], d["q1"], d["q3"], d["pairs"], d["blocks"], d["lo"], d["hi"])

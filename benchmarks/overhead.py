@@ -5,8 +5,8 @@ same batch) in one process train in alternating chunks of ``--chunk`` steps (the
 flush_every, so each probed chunk holds one flush and its processing), ``--rounds`` chunks
 each per block; which copy is instrumented alternates from block to block, and the order of
 the configurations rotates (``_ratio.alternate``). Machine drift then hits both copies alike.
-A ratio is taken within each block; the blocks' ratios give the median and interquartile
-range (``_ratio.Paired``). Two calibration lines come with every model:
+A ratio is taken for each pair of adjacent chunks; all blocks' pairs give the median, the
+interquartile range and a block-bootstrap confidence interval of the median (``_ratio.Paired``). Two calibration lines come with every model:
 
 * ``A/A``: neither copy instrumented -- the method's own bias and spread;
 * ``un-probed-beside-a-probe``: the twin's cost of a probe elsewhere in the process (the
@@ -14,8 +14,8 @@ range (``_ratio.Paired``). Two calibration lines come with every model:
   it too, so a probed ratio understates the probe's cost by about that much.
 
 Printed at the end, one line per configuration:
-``name ratio=R iqr=Q1-Q3 ci=LO-HI`` (step time / the un-probed twin's step time in the same
-block; ``ci``: the median's ~95% confidence interval, ``_ratio.median_ci``), then whether each
+``name ratio=R iqr=Q1-Q3 ci=LO-HI`` (a chunk's time / the un-probed twin's adjacent chunk;
+``ci``: the median's ~95% confidence interval), then whether each
 target of the issue is met: "met" or "not met" only when that interval lies on one side of it.
 
     python benchmarks/overhead.py                 # PyTorch MLP + CNN (+ Keras, Paddle if installed)
@@ -133,9 +133,9 @@ def torch_configs(sync_debug: bool, with_wandb: bool = True) -> dict[str, Conten
     return configs
 
 
-def torch_pair(make, x, y, setup, args, flip: bool, around=None, cuda: bool = False) -> tuple[float, float]:
-    """Seconds of the un-probed twin and of the configured copy over one block
-    (``_ratio.alternate``): two copies from ``make`` (same seed), SGD, cross-entropy on
+def torch_pair(make, x, y, setup, args, flip: bool, around=None, cuda: bool = False) -> list[tuple[float, float]]:
+    """Seconds of the un-probed twin and of the configured copy, chunk pair by chunk pair, over
+    one block (``_ratio.alternate``): two copies from ``make`` (same seed), SGD, cross-entropy on
     ``x, y``; ``setup(model, opt)`` instruments copy 1 for the block, ``around()`` each of its
     chunks; ``flip`` swaps which copy that is."""
     import torch
@@ -192,7 +192,7 @@ def bench_torch(args, watch: bool, earlier: dict | None = None) -> dict[str, dic
             configs = {c: configs[c] for c in ("plain", "wandb.watch-all")}
         else:
             configs.pop("wandb.watch-all", None)
-        ratios: dict[str, list[float]] = {c: [] for c in configs}
+        pairs: dict[str, list[list[tuple[float, float]]]] = {c: [] for c in configs}
         twin_step: dict[str, list[float]] = {c: [] for c in configs}
         names = list(configs)
         t_start = time.perf_counter()
@@ -200,24 +200,24 @@ def bench_torch(args, watch: bool, earlier: dict | None = None) -> dict[str, dic
             k = block % len(names)
             for cname in names[k:] + names[:k]:  # rotate: no configuration always goes first
                 contender = configs[cname]
-                base_s, conf_s = torch_pair(make, x, y, contender.setup, args, flip=bool(block % 2),
-                                            around=contender.around_chunk, cuda=cuda)
-                ratios[cname].append(conf_s / base_s)
-                twin_step[cname].append(base_s / (args.rounds * args.chunk))
+                block_pairs = torch_pair(make, x, y, contender.setup, args, flip=bool(block % 2),
+                                         around=contender.around_chunk, cuda=cuda)
+                pairs[cname].append(block_pairs)
+                twin_step[cname].append(sum(t for t, _ in block_pairs) / (args.rounds * args.chunk))
         base = statistics.median(t for ts in twin_step.values() for t in ts)
         phase = " (wandb.watch, after the rest)" if watch_phase else ""
         print(f"\n[torch {mname} on {device}{phase}] un-probed step = {base * 1e3:.3f} ms; {args.blocks} blocks, "
               f"each {args.rounds} alternating chunks of {args.chunk} steps per copy; {time.perf_counter() - t_start:.0f} s")
-        for cname, rs in ratios.items():
-            r = Paired.from_ratios(rs)
+        for cname, ps in pairs.items():
+            r = Paired.from_pairs(ps)
             label = "A/A: both copies un-probed" if cname == "plain" else cname
             print(f"  {label:<28} ratio {r}  added {(r.median - 1) * base * 1e6:7.0f} us/step")
             results[f"torch-{mname}-{cname}" + ("-wandb-phase" if watch_phase and cname == "plain" else "")] = r.as_dict()
-            if args.verbose:
-                print("    blocks:", " ".join(f"{v:.3f}" for v in rs))
+            if args.verbose:   # each block's median pair
+                print("    blocks:", " ".join(f"{statistics.median(c / t for t, c in b):.3f}" for b in ps))
         if watch_phase:
             every = (earlier or {}).get(f"torch-{mname}-lossprobe-every-signal", {}).get("ratio", math.nan) - 1
-            watch = statistics.median(ratios["wandb.watch-all"]) - 1
+            watch = Paired.from_pairs(pairs["wandb.watch-all"]).median - 1
             print(f"  added time relative to the twin: lossprobe every-signal {every:.3f} (above) vs wandb.watch "
                   f"{watch:.3f} -> {watch / max(every, 1e-9):.1f}x cheaper")
     return results
@@ -240,7 +240,8 @@ def bench_history_memory() -> dict[str, dict]:
             sizes[step + 1] = h.nbytes()
     print(f"\n[history memory] after 1k steps: {sizes[1000]} B, after 100k steps: {sizes[100000]} B")
     grow = sizes[100000] / sizes[1000]
-    return {"history-bytes-100k-over-1k": {"ratio": grow, "q1": grow, "q3": grow, "blocks": 1, "lo": grow, "hi": grow}}
+    return {"history-bytes-100k-over-1k": {"ratio": grow, "q1": grow, "q3": grow, "pairs": 1, "blocks": 1,
+                                           "lo": grow, "hi": grow}}
 
 
 def bench_subprocess(framework: str, args) -> dict[str, dict]:
@@ -293,15 +294,14 @@ def main() -> int:
             results.update(bench_subprocess(fw, args))
     if "torch" in fws and not args.no_wandb:
         results.update(bench_torch(args, watch=True, earlier=results))
-    print("\n# ratios (step time / un-probed step time in the same block; median, interquartile range, "
-          "the median's ~95% confidence interval)")
+    print("\n# ratios (chunk time / the un-probed twin's adjacent chunk; median over the pairs, their "
+          "interquartile range, the median's ~95% confidence interval)")
     for name, r in results.items():
         print(f"{name} ratio={r['ratio']:.3f} iqr={r['q1']:.3f}-{r['q3']:.3f} ci={r['lo']:.3f}-{r['hi']:.3f}")
     print("\n# targets (issue 15): met / not met when the median's confidence interval is on one side")
     for name, target in TARGETS.items():
         if name in results:
-            r = results[name]
-            p = Paired(r["ratio"], r["q1"], r["q3"], r["blocks"], r["lo"], r["hi"])
+            p = Paired.from_dict(results[name])
             print(f"{name} <= {target}: {p.verdict(target)} (median {p.median:.3f}, CI {p.lo:.3f}-{p.hi:.3f})")
     return 0
 

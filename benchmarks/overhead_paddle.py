@@ -19,7 +19,7 @@ network (same seed) train in alternating chunks of ``--chunk`` steps, ``--rounds
 per block, and which copy is probed alternates from block to block (``_ratio.alternate``).
 ``lossprobe.attach(net, optimizer=opt, sinks=[])`` / ``detach()`` happen outside the timed
 chunks. "plain" is the A/A pair (neither copy probed): the method's own bias and spread. The
-median over blocks is reported; the last stdout line is
+median over every block's chunk pairs is reported (``_ratio.Paired``); the last stdout line is
 ``RESULT {"paddle-loop-lossprobe-default": ratio, ...}`` for ``benchmarks/overhead.py``.
 """
 from __future__ import annotations
@@ -64,8 +64,8 @@ def make_net() -> nn.Layer:
                          nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
 
 
-def block_ratio(probed: bool, flip: bool, x: paddle.Tensor, y: paddle.Tensor, args) -> tuple[float, float]:
-    """(configured time / twin time, twin seconds per step) of one block."""
+def block_ratios(probed: bool, flip: bool, x: paddle.Tensor, y: paddle.Tensor, args) -> tuple[list[float], float]:
+    """(each chunk pair's configured time / twin time, twin seconds per step) of one block."""
     pair = []
     for _ in range(2):
         net = make_net()
@@ -90,7 +90,7 @@ def block_ratio(probed: bool, flip: bool, x: paddle.Tensor, y: paddle.Tensor, ar
         return time.perf_counter() - t0
 
     try:
-        base_s, conf_s = alternate(run_chunk, args.rounds)
+        pairs = alternate(run_chunk, args.rounds)
     finally:
         if probe is not None:
             probe.detach()                                                                  # untimed
@@ -98,7 +98,7 @@ def block_ratio(probed: bool, flip: bool, x: paddle.Tensor, y: paddle.Tensor, ar
         seen, ran = len(probe.history.steps()), (args.rounds + 2) * args.chunk
         if seen < min(ran, probe.config.window):
             print(f"  warning: probe recorded {seen} of {ran} steps")
-    return conf_s / base_s, base_s / (args.rounds * args.chunk)
+    return [c / t for t, c in pairs], sum(t for t, _ in pairs) / (args.rounds * args.chunk)
 
 
 def main() -> int:
@@ -119,13 +119,13 @@ def main() -> int:
 
     configs = {"paddle-loop-plain": False, "paddle-loop-lossprobe-default": True}
     names = list(configs)
-    ratios: dict[str, list[float]] = {c: [] for c in configs}
+    ratios: dict[str, list[list[float]]] = {c: [] for c in configs}   # per block, its pair ratios
     twin: list[float] = []
     t_start = time.perf_counter()
     for block in range(args.blocks):
         k = block % len(names)
         for name in names[k:] + names[:k]:  # rotate the order so no configuration always goes first
-            r, step = block_ratio(configs[name], bool(block % 2), x, y, args)
+            r, step = block_ratios(configs[name], bool(block % 2), x, y, args)
             ratios[name].append(r)
             twin.append(step)
 
@@ -135,7 +135,7 @@ def main() -> int:
           f"{time.perf_counter() - t_start:.0f} s")
     results: dict[str, dict] = {}
     for name, rs in ratios.items():
-        r = Paired.from_ratios(rs)
+        r = Paired.from_blocks(rs)
         label = "A/A: both copies un-probed" if not configs[name] else name
         print(f"  {label:<34} ratio {r}  added {(r.median - 1) * base * 1e6:7.0f} us/step")
         results[name] = r.as_dict()

@@ -47,8 +47,8 @@ def added_us(make, cfg, x, y, flip: bool, args) -> float:
             if probe is not None:
                 probe.detach()
 
-    base_s, conf_s = torch_pair(make, x, y, probed, args, flip)
-    return (conf_s - base_s) / (args.rounds * args.chunk) * 1e6
+    pairs = torch_pair(make, x, y, probed, args, flip)
+    return sum(c - t for t, c in pairs) / (args.rounds * args.chunk) * 1e6
 
 
 def main() -> None:
