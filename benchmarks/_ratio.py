@@ -73,6 +73,16 @@ def alternate(run_chunk: Callable[[int], float], rounds: int, warm: int = 2) -> 
     return [(run_chunk(0), run_chunk(1)) for _ in range(rounds)]
 
 
+def pair_ratios(pairs: list[tuple[float, float]]) -> list[float]:
+    """Each chunk pair's configured time over its twin's."""
+    return [c / t for t, c in pairs if t > 0]
+
+
+def twin_step(pairs: list[tuple[float, float]], chunk: int) -> float:
+    """The twin's seconds per step over ``pairs`` (chunks of ``chunk`` steps)."""
+    return sum(t for t, _ in pairs) / (len(pairs) * chunk)
+
+
 BOOTSTRAP = 2000   # resamples for a confidence interval (seeded: a run's figures are reproducible)
 MIN_BLOCKS = 5     # fewer blocks than this: the interval is printed but decides nothing
 
@@ -106,7 +116,7 @@ class Paired:
     @classmethod
     def from_pairs(cls, blocks: list[list[tuple[float, float]]]) -> "Paired":
         """From each block's ``(twin seconds, configured seconds)`` chunk pairs."""
-        return cls.from_blocks([[c / t for t, c in b if t > 0] for b in blocks])
+        return cls.from_blocks([pair_ratios(b) for b in blocks])
 
     def __str__(self) -> str:
         rough = "" if self.blocks >= MIN_BLOCKS else ", too few blocks for an interval"

@@ -6,7 +6,8 @@ flush_every, so each probed chunk holds one flush and its processing), ``--round
 each per block; which copy is instrumented alternates from block to block, and the order of
 the configurations rotates (``_ratio.alternate``). Machine drift then hits both copies alike.
 A ratio is taken for each pair of adjacent chunks; all blocks' pairs give the median, the
-interquartile range and a block-bootstrap confidence interval of the median (``_ratio.Paired``). Two calibration lines come with every model:
+interquartile range and a block-bootstrap confidence interval of the median
+(``_ratio.Paired``). Two calibration lines come with every model:
 
 * ``A/A``: neither copy instrumented -- the method's own bias and spread;
 * ``un-probed-beside-a-probe``: the twin's cost of a probe elsewhere in the process (the
@@ -15,8 +16,8 @@ interquartile range and a block-bootstrap confidence interval of the median (``_
 
 Printed at the end, one line per configuration:
 ``name ratio=R iqr=Q1-Q3 ci=LO-HI`` (a chunk's time / the un-probed twin's adjacent chunk;
-``ci``: the median's ~95% confidence interval), then whether each
-target of the issue is met: "met" or "not met" only when that interval lies on one side of it.
+``ci``: the median's ~95% confidence interval), then whether each target of the issue is met:
+"met" or "not met" only when that interval lies on one side of it.
 
     python benchmarks/overhead.py                 # PyTorch MLP + CNN (+ Keras, Paddle if installed)
     python benchmarks/overhead.py --quick         # fewer blocks
@@ -43,7 +44,8 @@ from typing import Callable
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _ratio import GLIBC_DEFAULT_FLAG, Paired, alternate, fixed_malloc, malloc_note  # noqa: E402
+from _ratio import (GLIBC_DEFAULT_FLAG, Paired, alternate, fixed_malloc, malloc_note,  # noqa: E402
+                    pair_ratios, twin_step)
 
 
 # ---------------------------------------------------------------------- torch
@@ -193,7 +195,7 @@ def bench_torch(args, watch: bool, earlier: dict | None = None) -> dict[str, dic
         else:
             configs.pop("wandb.watch-all", None)
         pairs: dict[str, list[list[tuple[float, float]]]] = {c: [] for c in configs}
-        twin_step: dict[str, list[float]] = {c: [] for c in configs}
+        twin_steps: dict[str, list[float]] = {c: [] for c in configs}
         names = list(configs)
         t_start = time.perf_counter()
         for block in range(args.blocks):
@@ -203,8 +205,8 @@ def bench_torch(args, watch: bool, earlier: dict | None = None) -> dict[str, dic
                 block_pairs = torch_pair(make, x, y, contender.setup, args, flip=bool(block % 2),
                                          around=contender.around_chunk, cuda=cuda)
                 pairs[cname].append(block_pairs)
-                twin_step[cname].append(sum(t for t, _ in block_pairs) / (args.rounds * args.chunk))
-        base = statistics.median(t for ts in twin_step.values() for t in ts)
+                twin_steps[cname].append(twin_step(block_pairs, args.chunk))
+        base = statistics.median(t for ts in twin_steps.values() for t in ts)
         phase = " (wandb.watch, after the rest)" if watch_phase else ""
         print(f"\n[torch {mname} on {device}{phase}] un-probed step = {base * 1e3:.3f} ms; {args.blocks} blocks, "
               f"each {args.rounds} alternating chunks of {args.chunk} steps per copy; {time.perf_counter() - t_start:.0f} s")
@@ -214,7 +216,7 @@ def bench_torch(args, watch: bool, earlier: dict | None = None) -> dict[str, dic
             print(f"  {label:<28} ratio {r}  added {(r.median - 1) * base * 1e6:7.0f} us/step")
             results[f"torch-{mname}-{cname}" + ("-wandb-phase" if watch_phase and cname == "plain" else "")] = r.as_dict()
             if args.verbose:   # each block's median pair
-                print("    blocks:", " ".join(f"{statistics.median(c / t for t, c in b):.3f}" for b in ps))
+                print("    blocks:", " ".join(f"{statistics.median(pair_ratios(b)):.3f}" for b in ps))
         if watch_phase:
             every = (earlier or {}).get(f"torch-{mname}-lossprobe-every-signal", {}).get("ratio", math.nan) - 1
             watch = Paired.from_pairs(pairs["wandb.watch-all"]).median - 1
@@ -240,8 +242,7 @@ def bench_history_memory() -> dict[str, dict]:
             sizes[step + 1] = h.nbytes()
     print(f"\n[history memory] after 1k steps: {sizes[1000]} B, after 100k steps: {sizes[100000]} B")
     grow = sizes[100000] / sizes[1000]
-    return {"history-bytes-100k-over-1k": {"ratio": grow, "q1": grow, "q3": grow, "pairs": 1, "blocks": 1,
-                                           "lo": grow, "hi": grow}}
+    return {"history-bytes-100k-over-1k": Paired.from_blocks([[grow]]).as_dict()}
 
 
 def bench_subprocess(framework: str, args) -> dict[str, dict]:

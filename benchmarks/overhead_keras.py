@@ -17,8 +17,8 @@ and XLA compilation happen in the first fit and batch, and the fit's own set-up 
 training step) and stops it at the epoch's end, where Keras has synchronized the logs; it uses
 no batch-end hook, so Keras keeps its asynchronous batch-end dispatch, as in a plain ``fit``.
 "plain" is the A/A pair (neither copy probed): the method's own bias and spread. The median
-over every block's chunk pairs is reported (``_ratio.Paired``); the last stdout line is ``RESULT {"keras-fit-lossprobe-default":
-ratio, ...}`` for ``benchmarks/overhead.py``.
+over every block's chunk pairs is reported (``_ratio.Paired``); the last stdout line is
+``RESULT {"keras-fit-lossprobe-default": ratio, ...}`` for ``benchmarks/overhead.py``.
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ import keras  # noqa: E402
 
 import lossprobe  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _ratio import GLIBC_DEFAULT_FLAG, Paired, alternate, fixed_malloc, malloc_note  # noqa: E402
+from _ratio import GLIBC_DEFAULT_FLAG, Paired, alternate, fixed_malloc, malloc_note, twin_step  # noqa: E402
 
 BATCH = 128
 
@@ -90,8 +90,8 @@ class StepTimer(keras.callbacks.Callback):
             self.seconds = time.perf_counter() - self.t0
 
 
-def block_ratios(jit: bool, probed: bool, flip: bool, x: np.ndarray, y: np.ndarray, args) -> tuple[list[float], float]:
-    """(each chunk pair's configured time / twin time, twin seconds per step) of one block."""
+def block_pairs(jit: bool, probed: bool, flip: bool, x: np.ndarray, y: np.ndarray, args) -> tuple[list, float]:
+    """(the chunk pairs' (twin, configured) seconds, twin seconds per step) of one block."""
     keras.backend.clear_session()
     pair = [make_model(jit), make_model(jit)]
     if flip:
@@ -114,7 +114,7 @@ def block_ratios(jit: bool, probed: bool, flip: bool, x: np.ndarray, y: np.ndarr
         seen, ran = len(probe.history.steps()), (args.rounds + 2) * (args.warmup + args.chunk)
         if seen < min(ran, probe.config.window):
             print(f"  warning: probe recorded {seen} of {ran} steps (jit={jit})")
-    return [c / t for t, c in pairs], sum(t for t, _ in pairs) / (args.rounds * args.chunk)
+    return pairs, twin_step(pairs, args.chunk)
 
 
 def main() -> int:
@@ -138,12 +138,12 @@ def main() -> int:
     configs = {"keras-fit-plain": (False, False), "keras-fit-lossprobe-default": (False, True)}
     if not args.no_jit:
         try:
-            block_ratios(True, True, False, x, y, argparse.Namespace(warmup=args.warmup, chunk=args.chunk, rounds=1))
+            block_pairs(True, True, False, x, y, argparse.Namespace(warmup=args.warmup, chunk=args.chunk, rounds=1))
             configs.update({"keras-fit-jit-plain": (True, False), "keras-fit-jit-lossprobe-default": (True, True)})
         except Exception as e:  # XLA missing or the probe refused it: report and go on
             print(f"[keras] jit_compile=True skipped: {type(e).__name__}: {e}")
 
-    ratios: dict[str, list[list[float]]] = {c: [] for c in configs}   # per block, its pair ratios
+    pairs: dict[str, list[list[tuple[float, float]]]] = {c: [] for c in configs}   # per block, its chunk pairs
     twin: dict[str, list[float]] = {c: [] for c in configs}
     names = list(configs)
     t_start = time.perf_counter()
@@ -151,16 +151,16 @@ def main() -> int:
         k = block % len(names)
         for name in names[k:] + names[:k]:  # rotate the order so no configuration always goes first
             jit, probed = configs[name]
-            r, step = block_ratios(jit, probed, bool(block % 2), x, y, args)
-            ratios[name].append(r)
+            ps, step = block_pairs(jit, probed, bool(block % 2), x, y, args)
+            pairs[name].append(ps)
             twin[name].append(step)
 
     print(f"\n[keras mlp fit, tensorflow {tf.__version__}, keras {keras.__version__}, 1 thread] "
           f"{args.blocks} blocks, each {args.rounds} fits of {args.chunk} timed steps (+{args.warmup}) per copy, "
           f"{time.perf_counter() - t_start:.0f} s")
     results: dict[str, dict] = {}
-    for name, rs in ratios.items():
-        r = Paired.from_blocks(rs)
+    for name, ps in pairs.items():
+        r = Paired.from_pairs(ps)
         base = statistics.median(twin[name])
         label = f"A/A ({name}): both un-probed" if not configs[name][1] else name
         print(f"  {label:<40} twin {base * 1e3:7.3f} ms/step  ratio {r}  added {(r.median - 1) * base * 1e6:6.0f} us/step")

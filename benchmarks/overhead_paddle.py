@@ -46,7 +46,7 @@ from paddle import nn  # noqa: E402
 
 import lossprobe  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _ratio import GLIBC_DEFAULT_FLAG, Paired, alternate, fixed_malloc, malloc_note  # noqa: E402
+from _ratio import GLIBC_DEFAULT_FLAG, Paired, alternate, fixed_malloc, malloc_note, twin_step  # noqa: E402
 
 BATCH = 128
 
@@ -64,8 +64,8 @@ def make_net() -> nn.Layer:
                          nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
 
 
-def block_ratios(probed: bool, flip: bool, x: paddle.Tensor, y: paddle.Tensor, args) -> tuple[list[float], float]:
-    """(each chunk pair's configured time / twin time, twin seconds per step) of one block."""
+def block_pairs(probed: bool, flip: bool, x: paddle.Tensor, y: paddle.Tensor, args) -> tuple[list, float]:
+    """(the chunk pairs' (twin, configured) seconds, twin seconds per step) of one block."""
     pair = []
     for _ in range(2):
         net = make_net()
@@ -98,7 +98,7 @@ def block_ratios(probed: bool, flip: bool, x: paddle.Tensor, y: paddle.Tensor, a
         seen, ran = len(probe.history.steps()), (args.rounds + 2) * args.chunk
         if seen < min(ran, probe.config.window):
             print(f"  warning: probe recorded {seen} of {ran} steps")
-    return [c / t for t, c in pairs], sum(t for t, _ in pairs) / (args.rounds * args.chunk)
+    return pairs, twin_step(pairs, args.chunk)
 
 
 def main() -> int:
@@ -119,14 +119,14 @@ def main() -> int:
 
     configs = {"paddle-loop-plain": False, "paddle-loop-lossprobe-default": True}
     names = list(configs)
-    ratios: dict[str, list[list[float]]] = {c: [] for c in configs}   # per block, its pair ratios
+    pairs: dict[str, list[list[tuple[float, float]]]] = {c: [] for c in configs}   # per block, its chunk pairs
     twin: list[float] = []
     t_start = time.perf_counter()
     for block in range(args.blocks):
         k = block % len(names)
         for name in names[k:] + names[:k]:  # rotate the order so no configuration always goes first
-            r, step = block_ratios(configs[name], bool(block % 2), x, y, args)
-            ratios[name].append(r)
+            ps, step = block_pairs(configs[name], bool(block % 2), x, y, args)
+            pairs[name].append(ps)
             twin.append(step)
 
     base = statistics.median(twin)
@@ -134,8 +134,8 @@ def main() -> int:
           f"{args.blocks} blocks, each {args.rounds} alternating chunks of {args.chunk} steps per copy, "
           f"{time.perf_counter() - t_start:.0f} s")
     results: dict[str, dict] = {}
-    for name, rs in ratios.items():
-        r = Paired.from_blocks(rs)
+    for name, ps in pairs.items():
+        r = Paired.from_pairs(ps)
         label = "A/A: both copies un-probed" if not configs[name] else name
         print(f"  {label:<34} ratio {r}  added {(r.median - 1) * base * 1e6:7.0f} us/step")
         results[name] = r.as_dict()
