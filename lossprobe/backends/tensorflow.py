@@ -27,8 +27,12 @@ tanh or softmax activation, ``Activation``/``ReLU``/``Softmax`` layers, ``BatchN
 While tracing, each wrapper adds a few reductions whose results are scattered into one
 ``tf.Variable`` ring buffer of shape ``[rows, columns]``, indexed by a step-counter variable
 that the step itself advances. So the compiled step updates the statistics on every batch with
-no host involvement. Activation statistics, parameter norms and update/weight ratios run
-under a ``tf.cond`` that is true every ``activation_every`` steps only.
+no host involvement. Activation statistics, parameter norms and update/weight ratios are
+taken every ``activation_every`` steps only. In ``fit`` (one step per call) Keras' step
+function is traced twice, with and without them, and the host calls the one the step needs
+(:meth:`KerasBackend._install_step_functions`): a ``tf.cond`` in the step cost ~300 us on
+every step of the benchmark MLP, taken or not. A step traced once for every step (a custom
+loop's ``tf.function``, ``steps_per_execution`` > 1) keeps them under one ``tf.cond``.
 
 The statistics, their columns in the ring and their decoding are :mod:`lossprobe.capture`'s
 (the same for every framework). Update/weight ratios are measured on the fixed sample of at
@@ -75,7 +79,7 @@ from ..capture.buffer import Columns
 from ..capture.facts import FactSheet
 from ..capture.ops import first_tensor, ops_for
 from ..capture.spec import MISSING, UNMEASURED, is_sampled, update_sample_index
-from ..record import Flush, Layout, StepRecord
+from ..record import Flush, Layout
 
 _ATTACHED: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
 _STALE = object()
@@ -213,6 +217,7 @@ class _Tracing(threading.local):
         self.fwd_training = False     # inside a training forward pass
         self.now: dict[int, Any] = {}                # this step's queued columns
         self.later: list[tuple[int, int, Any]] = []  # ... computed on sampled steps only
+        self.before: Any = None       # a sampled step function's weights before its update
 
 
 class _FitCallback(keras.callbacks.Callback):
@@ -274,6 +279,10 @@ class KerasBackend(CaptureGuard):
         self._bn_eval: set[int] = set()
         self._graph_observe_warned = False
         self._detached = False
+        # which step function is being traced: True/False, fit's sampled or unsampled one;
+        # None, one for every step (the sampled part under a tf.cond)
+        self._variant: bool | None = None
+        self._next_step = 0                # the step fit's next train_function call runs
         self.replicas = Replicas.of(model)
         self._reduced_grads = False        # gradient norms come from the optimizer's all-reduce
         # activation layers are known before the model is built
@@ -570,6 +579,8 @@ class KerasBackend(CaptureGuard):
                     self._safe("gradients", self._grad_stats, grads, variables, opt, True)
                 elif not self._reduced_grads:   # else measured after the optimizer's all-reduce
                     self._safe("gradients", self._unmeasured_grads, opt)
+                if self._variant and "updates" not in self._disabled:   # read before the update
+                    self._tracing.before = self._safe("updates", self._weights_now)
             out = orig(grads, trainable_variables)
             if active:
                 self._safe("step", self._close_step)
@@ -634,9 +645,34 @@ class KerasBackend(CaptureGuard):
         self._spe = int(getattr(m, "steps_per_execution", 1) or 1)
         self._resize_ring(self._spe)
         if m.train_function is None or m.train_function is not self._own_train_fn:
-            m.make_train_function(force=True)   # trace a step that holds the probe's ops
+            if self._spe == 1:
+                self._install_step_functions()
+            else:   # several steps per call: one function, the sampled part under a tf.cond
+                m.make_train_function(force=True)   # trace a step that holds the probe's ops
             self._own_train_fn = m.train_function
         self._epoch_base = self._host_steps
+
+    def _install_step_functions(self) -> None:
+        """``model.train_function``: Keras' own step function made twice, one traced with the
+        sampled statistics and one without, and the one step ``_next_step`` needs called (which
+        one is traced is told by ``_variant`` while the call runs). No tf.cond in either: a
+        cond's dead branch still costs the executor a few hundred microseconds a step."""
+        m = self.model
+        made = []
+        for _ in range(2):
+            m.make_train_function(force=True)
+            made.append(m.train_function)
+        unsampled, sampled = made
+        every = int(self.cfg.activation_every)
+
+        def train_function(iterator):
+            self._variant = bool(is_sampled(self._next_step, every))
+            self._next_step += 1
+            try:
+                return (sampled if self._variant else unsampled)(iterator)
+            finally:
+                self._variant = None
+        m.train_function = train_function
 
     def _epoch_begin(self) -> None:
         self._epoch_base = self._host_steps
@@ -645,6 +681,7 @@ class KerasBackend(CaptureGuard):
         self._host_steps = self._epoch_base + int(batch)
         if self._armed and self._host_steps - self._flushed >= self.cfg.flush_every:
             self.flush()
+        self._next_step = self._host_steps
         if self.channel is not None:
             self.channel.boundary()  # raises TrainingHealthError when on_critical="raise"
 
@@ -674,17 +711,23 @@ class KerasBackend(CaptureGuard):
         self._tracing.now[int(self.columns.span(name, j)[0])] = vals if vals.shape.rank == 1 else tf.reshape(vals, [-1])
 
     def _put_sampled(self, name: str, fn, j: int | None = None) -> None:
-        """Queue ``fn()``, computed only on sampled steps (else nan)."""
-        cols = self.columns.span(name, j)
-        self._tracing.later.append((int(cols[0]), len(cols), fn))
+        """``fn()`` for statistic ``name``, measured on sampled steps only (else nan): at once in
+        fit's sampled step function, not at all in its unsampled one, and in a step traced for
+        every step queued for the tf.cond that ``_emit`` makes."""
+        if self._variant is None:
+            cols = self.columns.span(name, j)
+            self._tracing.later.append((int(cols[0]), len(cols), fn))
+        elif self._variant:
+            self._put(name, fn(), j)
 
-    def _emit(self, full_row: bool) -> None:
+    def _emit(self, full_row: bool):
         """Write everything queued in one scatter, the sampled part under one ``tf.cond``.
 
         ``full_row``: the queue holds the whole step (fit: forward, loss and gradients are
         traced into one graph), so the row is written whole and needs no clearing. Otherwise
         (a custom loop's forward pass, traced apart from ``observe``) only the queued
-        columns are written into a row cleared at the previous step's end."""
+        columns are written into a row cleared at the previous step's end. Returns the write
+        (None when nothing was queued)."""
         now, later = self._tracing.now, self._tracing.later
         self._tracing.now, self._tracing.later = {}, []
         # the values as one vector (every-step pieces, then the sampled ones as the cond made
@@ -699,7 +742,7 @@ class KerasBackend(CaptureGuard):
             values.append(tf.cond(self._sampled(), compute, lambda: tf.fill([total], math.nan)))
             cols += [np.arange(c, c + n) for c, n, _ in later]
         if not values:
-            return
+            return None
         cols = np.concatenate(cols).astype(np.int32)
         row = self._row()
         if full_row:
@@ -707,11 +750,10 @@ class KerasBackend(CaptureGuard):
             src = tf.concat(values + [tf.fill([1], math.nan)], 0)
             where = np.full(self.K, cols.size, np.int32)
             where[cols] = np.arange(cols.size, dtype=np.int32)
-            self.replicas.local(self.buf).scatter_update(
+            return self.replicas.local(self.buf).scatter_update(
                 tf.IndexedSlices(tf.gather(src, tf.constant(where))[None], row[None]))
-        else:
-            idx = tf.stack([tf.fill([cols.size], row), tf.constant(cols)], axis=1)
-            self.replicas.local(self.buf).scatter_nd_update(idx, tf.concat(values, 0))
+        idx = tf.stack([tf.fill([cols.size], row), tf.constant(cols)], axis=1)
+        return self.replicas.local(self.buf).scatter_nd_update(idx, tf.concat(values, 0))
 
     def _input_stats(self, args, kwargs) -> None:
         x = first_tensor(self.ops, (args, kwargs))
@@ -820,22 +862,37 @@ class KerasBackend(CaptureGuard):
     def _close_step(self) -> None:
         """End of a training step (in-graph): parameter norms and update ratios on sampled
         steps, the pre-step snapshot for the next sampled step, step += 1, clear the next row."""
+        before, self._tracing.before = self._tracing.before, None
         if "updates" not in self._disabled:
-            self._put_sampled("param_norm", self._sampled_norms)
-            self._put_sampled("update", self._sampled_updates)
-        self._safe("emit", self._emit, bool(self._tracing.in_train_step))
-        # before a sampled step's update: its parameter norms and weight samples
-        self._safe("updates", lambda: tf.cond(self._sampled(1), lambda: self._snap(self.step_var + 1),
-                                              lambda: tf.constant(0)))
-        self.step_var.assign_add(1)
+            if self._variant is None:
+                self._put_sampled("param_norm", self._sampled_norms)
+                self._put_sampled("update", self._sampled_updates)
+            elif before is not None:   # fit's sampled step function read them in apply
+                norms, samples = before
+                self._put("param_norm", norms)
+                self._safe("updates", lambda: self._put("update", self._update_ratios(samples)))
+        written = self._safe("emit", self._emit, bool(self._tracing.in_train_step))
+        if self._variant is None:
+            # before a sampled step's update: its parameter norms and weight samples
+            self._safe("updates", lambda: tf.cond(self._sampled(1), lambda: self._snap(self.step_var + 1),
+                                                  lambda: tf.constant(0)))
+        # after the row is written: nothing orders two variables' updates in a traced step,
+        # and a step whose batch never came (an exhausted generator) must not count
+        with tf.control_dependencies([] if written is None or tf.executing_eagerly() else [written]):
+            self.step_var.assign_add(1)
         if not self._tracing.in_train_step:  # custom loop: the next forward writes part of a row
             self.replicas.local(self.buf).scatter_update(
                 tf.IndexedSlices(tf.fill([1, self.K], math.nan), self._row()[None]))
 
+    def _weights_now(self) -> tuple[Any, list]:
+        """The parameter norms and the weight samples as they are now."""
+        return stats.param_norms(self.ops, [_value(v) for v in self._vars]), self._samples()
+
     def _snap(self, step):
         """Copy the parameter norms and the weight samples; they belong to sampled step ``step``."""
-        self.shadow.assign(tf.concat(self._samples(), 0) if self._plan else tf.zeros([1]))
-        self.shadow_norms.assign(stats.param_norms(self.ops, [_value(v) for v in self._vars]))
+        norms, samples = self._weights_now()
+        self.shadow.assign(tf.concat(samples, 0) if self._plan else tf.zeros([1]))
+        self.shadow_norms.assign(norms)
         self.shadow_step.assign(tf.cast(step, tf.int64))
         return tf.constant(0)
 
@@ -846,13 +903,17 @@ class KerasBackend(CaptureGuard):
 
     def _sampled_updates(self):
         """|dW| / |W| per weight tensor on its sample (nan where the snapshot is not this step's)."""
+        before = [self.shadow[off:off + n] for _, off, _, n in self._plan]
+        return self._update_ratios(before, tf.equal(self.shadow_step, self.step_var))
+
+    def _update_ratios(self, before: list, valid=None):
+        """|dW| / |W| per weight tensor, from the samples ``before`` the update to the samples
+        now (nan for the other parameters, and everywhere ``valid`` is false)."""
         ratios = [tf.constant(math.nan)] * self.layout.n_params
         if self._plan:
-            before = [self.shadow[off:off + n] for _, off, _, n in self._plan]
-            valid = tf.equal(self.shadow_step, self.step_var)
             r = stats.update_ratios(self.ops, before, self._samples())
             for k, (i, _, _, _) in enumerate(self._plan):
-                ratios[i] = tf.where(valid, r[k], math.nan)
+                ratios[i] = r[k] if valid is None else tf.where(valid, r[k], math.nan)
         return tf.stack(ratios)
 
     # -- observe(): custom GradientTape loops --------------------------------------------------
@@ -923,7 +984,7 @@ class KerasBackend(CaptureGuard):
             return  # nothing can be pending: no read
         if not self._armed:
             if vals:
-                self._send([], [(s, float(v)) for s, v in vals])
+                self._send([(s, float(v)) for s, v in vals])
             return
         extra = [tf.reshape(tf.cast(v, tf.float64), []) if isinstance(v, (tf.Tensor, tf.Variable))
                  else tf.constant(float(v), tf.float64) for _, v in vals]
@@ -935,39 +996,46 @@ class KerasBackend(CaptureGuard):
         self.n_host_reads += 1
         rk = self.R * self.K * len(self.replicas.copies(self.buf))
         rings = host[:rk].reshape(-1, self.R, self.K)   # [replica, row, column]
-        at = self.columns.start("input_nonfinite")           # each replica's input sum -> its flag
-        rings[:, :, at] = np.where(np.isnan(rings[:, :, at]) & ~self._input_seen(rings), np.nan,
-                                   stats.nonfinite_flag(rings[:, :, at]))
         now = int(host[rk])
         val_host = host[rk + 1:]
         start = max(self._flushed, now - self.R + 1)
         if start > self._flushed:
             self._warn("ring", f"{start - self._flushed} steps were overwritten before "
                        "they were read (raise flush_every's ring or flush more often)")
-        records = [self._decode(s, self.columns.combine(rings[:, s % self.R])) for s in range(start, now)]
         self._flushed = now
         self._epoch_base += now - self._host_steps   # the host's step estimate, corrected
         self._host_steps = now
         val_points = [(min(s, max(0, now - 1)), float(val_host[k])) for k, (s, _) in enumerate(vals)]
-        if records or val_points:
-            self._send(records, val_points)
+        if now > start or val_points:
+            self._send(val_points, decode=self._decoder(rings, list(range(start, now))))
 
-    def _input_seen(self, rings: np.ndarray) -> np.ndarray:
-        """Rows whose step saw a float input batch (its batch size is written with the sum)."""
-        return np.isfinite(rings[:, :, self.columns.start("batch")])
-
-    def _send(self, records: list[StepRecord], val_points: list[tuple[int, float]]) -> None:
+    def _send(self, val_points: list[tuple[int, float]], decode=None) -> None:
         if self.channel is None:
             return
         layout, self._layout_unsent = (self.layout if self._layout_unsent else None), False
-        self.channel.ingest(Flush(records=records, val_points=val_points, facts=self.facts.facts, layout=layout))
+        self.channel.ingest(Flush(val_points=val_points, facts=self.facts.facts, layout=layout, decode=decode))
 
-    def _decode(self, step: int, row: np.ndarray) -> StepRecord:
-        row = np.array(row, dtype=float)
-        acts = self.columns.span("act").reshape(-1, 3) if self.layout.n_activations else np.zeros((0, 3), int)
-        if self._bn_idx and np.isfinite(row[acts[self._bn_idx, 2]]).any():  # a sampled step ran the BN layers
-            row[self.columns.field("bn_eval_in_train")] = float(len(self._bn_eval))
-        return self.columns.decode(step, row)
+    def _decoder(self, rings: np.ndarray, steps: list[int]):
+        """The records of ``steps`` from the host copy of the rings ([replica, row, column]),
+        decoded when called -- on the probe's worker thread, numpy only, while the training
+        thread runs the next steps (decoding them here cost ~60 us per step)."""
+        R, columns = self.R, self.columns
+        bn_eval = float(len(self._bn_eval))
+        acts = columns.span("act").reshape(-1, 3) if self.layout.n_activations else np.zeros((0, 3), int)
+        bn_cols = acts[self._bn_idx, 2] if self._bn_idx else None
+
+        def decode(pause=None):
+            at = columns.start("input_nonfinite")   # each replica's input sum -> its flag
+            seen = np.isfinite(rings[:, :, columns.start("batch")])   # the step saw a float batch
+            rings[:, :, at] = np.where(np.isnan(rings[:, :, at]) & ~seen, np.nan, stats.nonfinite_flag(rings[:, :, at]))
+            rows = np.stack([columns.combine(rings[:, s % R]) for s in steps]) if steps else np.zeros((0, self.K))
+            if bn_cols is not None:   # a sampled step ran the BN layers
+                ran = np.isfinite(rows[:, bn_cols]).any(axis=1)
+                rows[ran, columns.field("bn_eval_in_train")] = bn_eval
+            if pause is not None:
+                pause()
+            return columns.decode_rows(steps, rows), ()
+        return decode
 
 
 def _value(v):
