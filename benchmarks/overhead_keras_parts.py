@@ -14,6 +14,7 @@ rules) runs beside both copies' steps, so a little of its time lands on the twin
 
     python benchmarks/overhead_keras_parts.py              # 6 blocks x 200 steps per copy, ~3 min
     python benchmarks/overhead_keras_parts.py --blocks 10 --configs default,floor
+    python benchmarks/overhead_keras_parts.py --jit         # the same step compiled by XLA
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ GROUP = 20   # steps per averaged group: one flush and two sampled steps at the 
 def block(cfg, flip: bool, batch, args) -> tuple[list[float], list[float], list[float]]:
     """(added us per step for each group of GROUP steps, on sampled steps, on the others)."""
     keras.backend.clear_session()
-    pair = [make_model(False), make_model(False)]
+    pair = [make_model(args.jit), make_model(args.jit)]
     if flip:
         pair.reverse()
     probe = lossprobe.attach(pair[1], sinks=[], config=cfg) if cfg is not None else None
@@ -85,6 +86,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=200, help="timed steps per copy and block")
     ap.add_argument("--warm", type=int, default=40, help="untimed steps per copy first")
     ap.add_argument("--configs", default="", help="comma-separated names (a prefix is enough)")
+    ap.add_argument("--jit", action="store_true", help="compile with jit_compile=True (XLA)")
     ap.add_argument(GLIBC_DEFAULT_FLAG, action="store_true", help="keep glibc's heap trimming (benchmarks/_ratio.py)")
     args = ap.parse_args()
     fixed_malloc()
@@ -101,7 +103,7 @@ def main() -> int:
             groups[n].append(g)
             on[n][0].extend(s)
             on[n][1].extend(u)
-    print(f"# keras MLP, fit's per-step work in lockstep, {args.blocks} blocks x {args.steps} steps per copy; "
+    print(f"# keras MLP{' (jit_compile=True)' if args.jit else ''}, fit's per-step work in lockstep, {args.blocks} blocks x {args.steps} steps per copy; "
           f"added us/step against the twin's step beside it: mean over {GROUP}-step groups, median over "
           "the groups (its 95% CI, block bootstrap) | median on sampled steps | on the others")
     for n in names:

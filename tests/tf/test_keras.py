@@ -258,6 +258,31 @@ def test_steps_per_execution_keeps_every_step():
     assert np.isfinite(probe.history.series("loss")).all()
 
 
+def test_two_step_functions_measure_what_one_step_with_a_cond_measures():
+    """fit with one step per call runs two traces of Keras' step (with and without the sampled
+    statistics, picked on the host); with several steps per call one trace keeps them under a
+    tf.cond. The training is the same, so the same steps must carry the same values."""
+    def history(steps_per_execution: int, run_eagerly: bool = False):
+        model = mlp()
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=CE,
+                      steps_per_execution=steps_per_execution, run_eagerly=run_eagerly)
+        probe = lossprobe.attach(model, config=lossprobe.Config(activation_every=5), sinks=[])
+        model.fit(X_TR, Y_TR, batch_size=64, epochs=2, verbose=0, shuffle=False)
+        probe.detach()
+        return probe.history
+
+    two, one, eager = history(1), history(8), history(1, run_eagerly=True)
+    sampled = is_sampled(two.steps(), 5)
+    assert list(two.steps()) == list(one.steps()) == list(eager.steps()) and sampled.sum() >= 8
+    for name in ("act_dead", "act_scale", "update_ratios", "param_norms", "param_grad_norms"):
+        a, b, c = two.matrix(name), one.matrix(name), eager.matrix(name)
+        assert np.isfinite(a[sampled]).any(), name
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7, equal_nan=True, err_msg=name)
+        np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-7, equal_nan=True, err_msg=name)
+    for name in ("logit_std", "input_std", "target_distinct", "loss"):
+        np.testing.assert_allclose(two.series(name), one.series(name), rtol=1e-4, equal_nan=True, err_msg=name)
+
+
 def test_attach_after_first_fit_and_before_build():
     model = mlp()
     model.compile(optimizer="adam", loss=CE)
