@@ -9,7 +9,8 @@ batch. Each step is timed alone, so drift on the machine hits both copies alike.
 time per step is the configured copy's step minus the twin's step next to it, averaged over
 20 consecutive steps (one flush, two sampled steps); the median over those groups is printed
 with its 95% confidence interval (block bootstrap, ``_ratio.Paired``), and beside it the
-median added time on sampled steps and on the others. The probe's worker thread (decoding,
+median added time on sampled steps and on the others, and the groups' time ratio (the
+configured copy's 20 steps over the twin's 20 beside them). The probe's worker thread (decoding,
 rules) runs beside both copies' steps, so a little of its time lands on the twin.
 
     python benchmarks/overhead_keras_parts.py              # 6 blocks x 200 steps per copy, ~3 min
@@ -40,8 +41,9 @@ CONFIGS: dict[str, "lossprobe.Config | None"] = {
 GROUP = 20   # steps per averaged group: one flush and two sampled steps at the defaults
 
 
-def block(cfg, flip: bool, batch, args) -> tuple[list[float], list[float], list[float]]:
-    """(added us per step for each group of GROUP steps, on sampled steps, on the others)."""
+def block(cfg, flip: bool, batch, args) -> tuple[list[float], list[float], list[float], list[float]]:
+    """(added us per step for each group of GROUP steps, the group's time ratio configured / twin,
+    the added us on each sampled step, on each other step)."""
     keras.backend.clear_session()
     pair = [make_model(args.jit), make_model(args.jit)]
     if flip:
@@ -69,15 +71,18 @@ def block(cfg, flip: bool, batch, args) -> tuple[list[float], list[float], list[
     for k in range(args.warm):
         step(0, k), step(1, k)
     first = probe._backend._next_step if probe is not None else args.warm
-    added = [(step(1, k) - step(0, k)) * 1e6 for k in range(args.warm, args.warm + args.steps)]
+    timed = [(step(0, k), step(1, k)) for k in range(args.warm, args.warm + args.steps)]   # (twin, configured)
+    added = [(c - t) * 1e6 for t, c in timed]
     if callback is not None:
         callback.on_epoch_end(0, {})
         callback.on_train_end()
         probe.detach()
     every = cfg.activation_every if cfg is not None else 10
     sampled = [bool(is_sampled(first + k, every)) for k in range(len(added))]
-    groups = [statistics.fmean(added[k:k + GROUP]) for k in range(0, len(added) - GROUP + 1, GROUP)]
-    return groups, [a for a, s in zip(added, sampled) if s], [a for a, s in zip(added, sampled) if not s]
+    starts = range(0, len(added) - GROUP + 1, GROUP)
+    groups = [statistics.fmean(added[k:k + GROUP]) for k in starts]
+    ratios = [sum(c for _, c in timed[k:k + GROUP]) / sum(t for t, _ in timed[k:k + GROUP]) for k in starts]
+    return groups, ratios, [a for a, s in zip(added, sampled) if s], [a for a, s in zip(added, sampled) if not s]
 
 
 def main() -> int:
@@ -95,24 +100,28 @@ def main() -> int:
     rng = np.random.default_rng(0)
     batch = (rng.standard_normal((BATCH, 784), dtype=np.float32), rng.integers(0, 10, BATCH).astype(np.int64))
     groups = {n: [] for n in names}
+    ratios = {n: [] for n in names}
     on = {n: ([], []) for n in names}
     for b in range(args.blocks):
         k = b % len(names)
         for n in names[k:] + names[:k]:
-            g, s, u = block(CONFIGS[n], bool(b % 2), batch, args)
+            g, q, s, u = block(CONFIGS[n], bool(b % 2), batch, args)
             groups[n].append(g)
+            ratios[n].append(q)
             on[n][0].extend(s)
             on[n][1].extend(u)
     print(f"# keras MLP{' (jit_compile=True)' if args.jit else ''}, fit's per-step work in lockstep, {args.blocks} blocks x {args.steps} steps per copy; "
           f"added us/step against the twin's step beside it: mean over {GROUP}-step groups, median over "
-          "the groups (its 95% CI, block bootstrap) | median on sampled steps | on the others")
+          "the groups (its 95% CI, block bootstrap) | median on sampled steps | on the others | the groups' "
+          "time ratio configured / twin (median, 95% CI)")
     for n in names:
-        r = Paired.from_blocks(groups[n])
+        r, q = Paired.from_blocks(groups[n]), Paired.from_blocks(ratios[n])
         s, u = on[n]
         label = "A/A: nothing attached" if n == "plain" else n
         def median(values: list[float]) -> str:
             return f"{statistics.median(values):6.0f}" if values else "     -"
-        print(f"{label:42s} {r.median:6.0f} ({r.lo:.0f} to {r.hi:.0f}) | {median(s)} | {median(u)}")
+        print(f"{label:42s} {r.median:6.0f} ({r.lo:.0f} to {r.hi:.0f}) | {median(s)} | {median(u)} | "
+              f"{q.median:.3f} ({q.lo:.3f}-{q.hi:.3f})")
     return 0
 
 
