@@ -34,6 +34,8 @@ CONFIGS: dict[str, "lossprobe.Config | None"] = {
     "plain": None,
     "default": C(),
     "no input check (capture_inputs=False)": C(capture_inputs=False),
+    "rules and decoding inline (background=False)": C(background=False),
+    "no rules (rules_every=1e9)": C(rules_every=10**9),
     "no sampled steps (activation_every=1e9)": C(activation_every=10**9),
     "floor: loss, gradient norms, flush": C(capture_inputs=False, capture_outputs=False,
                                             rules_every=10**9, activation_every=10**9),
