@@ -25,21 +25,11 @@ import sys
 import time
 
 from overhead_keras import BATCH, keras, lossprobe, make_model, np, tf   # one thread, TensorFlow only
+from _parts import PART_CONFIGS
 from _ratio import GLIBC_DEFAULT_FLAG, Paired, fixed_malloc, malloc_note
 
 from lossprobe.capture.spec import is_sampled
 
-C = lossprobe.Config
-CONFIGS: dict[str, "lossprobe.Config | None"] = {
-    "plain": None,
-    "default": C(),
-    "no input check (capture_inputs=False)": C(capture_inputs=False),
-    "rules and decoding inline (background=False)": C(background=False),
-    "no rules (rules_every=1e9)": C(rules_every=10**9),
-    "no sampled steps (activation_every=1e9)": C(activation_every=10**9),
-    "floor: loss, gradient norms, flush": C(capture_inputs=False, capture_outputs=False,
-                                            rules_every=10**9, activation_every=10**9),
-}
 GROUP = 20   # steps per averaged group: one flush and two sampled steps at the defaults
 
 
@@ -87,6 +77,11 @@ def block(cfg, flip: bool, batch, args) -> tuple[list[float], list[float], list[
     return groups, ratios, [a for a, s in zip(added, sampled) if s], [a for a, s in zip(added, sampled) if not s]
 
 
+def _median(values: list[float]) -> str:
+    """The median, printed to the microsecond ("-" when there are no such steps)."""
+    return f"{statistics.median(values):6.0f}" if values else "     -"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--blocks", type=int, default=6)
@@ -98,7 +93,7 @@ def main() -> int:
     args = ap.parse_args()
     fixed_malloc()
     print(f"# {malloc_note()}")
-    names = [n for n in CONFIGS if not args.configs or any(n.startswith(c) for c in args.configs.split(","))]
+    names = [n for n in PART_CONFIGS if not args.configs or any(n.startswith(c) for c in args.configs.split(","))]
     rng = np.random.default_rng(0)
     batch = (rng.standard_normal((BATCH, 784), dtype=np.float32), rng.integers(0, 10, BATCH).astype(np.int64))
     groups = {n: [] for n in names}
@@ -107,7 +102,7 @@ def main() -> int:
     for b in range(args.blocks):
         k = b % len(names)
         for n in names[k:] + names[:k]:
-            g, q, s, u = block(CONFIGS[n], bool(b % 2), batch, args)
+            g, q, s, u = block(PART_CONFIGS[n], bool(b % 2), batch, args)
             groups[n].append(g)
             ratios[n].append(q)
             on[n][0].extend(s)
@@ -120,9 +115,7 @@ def main() -> int:
         r, q = Paired.from_blocks(groups[n]), Paired.from_blocks(ratios[n])
         s, u = on[n]
         label = "A/A: nothing attached" if n == "plain" else n
-        def median(values: list[float]) -> str:
-            return f"{statistics.median(values):6.0f}" if values else "     -"
-        print(f"{label:42s} {r.median:6.0f} ({r.lo:.0f} to {r.hi:.0f}) | {median(s)} | {median(u)} | "
+        print(f"{label:42s} {r.median:6.0f} ({r.lo:.0f} to {r.hi:.0f}) | {_median(s)} | {_median(u)} | "
               f"{q.median:.3f} ({q.lo:.3f}-{q.hi:.3f})")
     return 0
 

@@ -19,20 +19,10 @@ import contextlib
 import torch
 
 import lossprobe
+from _parts import PART_CONFIGS
 from _ratio import GLIBC_DEFAULT_FLAG, Paired, fixed_malloc, malloc_note
 from overhead import torch_models, torch_pair   # run from anywhere: python benchmarks/overhead_parts.py
 
-C = lossprobe.Config
-CONFIGS: dict[str, "lossprobe.Config | None"] = {
-    "plain": None,
-    "default": C(),
-    "no input check (capture_inputs=False)": C(capture_inputs=False),
-    "rules and decoding inline (background=False)": C(background=False),
-    "no rules (rules_every=1e9)": C(rules_every=10**9),
-    "no sampled steps (activation_every=1e9)": C(activation_every=10**9),
-    "floor: hooks, loss, gradient norms, flush": C(capture_inputs=False, capture_outputs=False,
-                                                   rules_every=10**9, activation_every=10**9),
-}
 
 
 def added_us(make, cfg, x, y, flip: bool, args) -> list[float]:
@@ -61,12 +51,12 @@ def main() -> None:
     print(f"# {malloc_note()}")
     torch.set_num_threads(1)
     make, x, y = torch_models("cpu")["mlp"]   # overhead.py's MLP and batch
-    names = list(CONFIGS)
+    names = list(PART_CONFIGS)
     added: dict[str, list[list[float]]] = {n: [] for n in names}   # per block, its pairs
     for b in range(args.blocks):
         k = b % len(names)
         for n in names[k:] + names[:k]:
-            added[n].append(added_us(make, CONFIGS[n], x, y, bool(b % 2), args))
+            added[n].append(added_us(make, PART_CONFIGS[n], x, y, bool(b % 2), args))
     print(f"# torch MLP on cpu, {args.blocks} blocks x {args.rounds} chunk pairs of {args.chunk} steps; "
           "added us/step against the un-probed twin's adjacent chunk: median over the pairs "
           "(the median's 95% CI, block bootstrap)")
